@@ -1,0 +1,146 @@
+//! The offline commands: validate, explain, keys.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use base64::Engine;
+use clap::Subcommand;
+use lifeguard_core::{Mode, RequestFacts};
+use lifeguard_policy::{CompileOptions, decide, hash_key, load};
+use serde::Deserialize;
+
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// Mint a fresh virtual key: prints the key once, and the bundle entry with its hash.
+    New {
+        #[arg(long)]
+        id: String,
+        #[arg(long, default_value = "")]
+        team: String,
+        #[arg(long, default_value = "")]
+        env: String,
+        #[arg(long, default_value = "")]
+        app: String,
+        /// Providers the key may reach (repeat).
+        #[arg(long = "provider")]
+        providers: Vec<String>,
+        /// Model globs the key may use (repeat).
+        #[arg(long = "model")]
+        models: Vec<String>,
+    },
+}
+
+pub fn validate(paths: &[PathBuf], resolve: bool) -> ExitCode {
+    let mut ok = true;
+    for path in paths {
+        match load(path, CompileOptions { read_external: resolve }) {
+            Ok(snap) => println!("{}: ok: {}", path.display(), snap.summary()),
+            Err(problems) => {
+                ok = false;
+                for p in &problems {
+                    println!("{p}");
+                }
+                println!("{}: invalid: {} problem(s)", path.display(), problems.len());
+            }
+        }
+    }
+    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+pub fn keys(cmd: KeysCommand) -> ExitCode {
+    let KeysCommand::New { id, team, env, app, providers, models } = cmd;
+    let bytes: [u8; 32] = rand::random();
+    let key = format!("lgk_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes));
+    let hash = hex_hash(&key);
+    let list = |v: &[String]| format!("[{}]", v.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", "));
+    println!("# The key, shown once. Hand it to the caller; Lifeguard stores only its hash.");
+    println!("{key}");
+    println!();
+    println!("# Paste under `keys:` in the bundle:");
+    println!("  - id: {id}");
+    println!("    hash: sha256:{hash}");
+    for (field, value) in [("team", &team), ("env", &env), ("app", &app)] {
+        if !value.is_empty() {
+            println!("    {field}: {value}");
+        }
+    }
+    if !providers.is_empty() {
+        println!("    providers: {}", list(&providers));
+    }
+    if !models.is_empty() {
+        println!("    models: {}", list(&models));
+    }
+    ExitCode::SUCCESS
+}
+
+fn hex_hash(key: &str) -> String {
+    hash_key(key).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A request described in JSON for `explain`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExplainRequest {
+    #[serde(default = "post")]
+    method: String,
+    path: String,
+    #[serde(default)]
+    headers: HashMap<String, String>,
+    #[serde(default)]
+    context: HashMap<String, String>,
+}
+
+fn post() -> String {
+    "POST".into()
+}
+
+pub fn explain(bundle: &Path, request: &Path) -> ExitCode {
+    let snap = match load(bundle, CompileOptions { read_external: false }) {
+        Ok(s) => s,
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let req: ExplainRequest = match std::fs::read_to_string(request)
+        .map_err(|e| e.to_string())
+        .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{}: {e}", request.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let facts = RequestFacts {
+        method: req.method,
+        path: req.path,
+        headers: req.headers.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect(),
+        context: req.context,
+    };
+    let d = decide(&snap, &facts, jiff::Timestamp::now());
+    let verdict = match (&d.denial, d.mode) {
+        (None, _) => "ALLOW".to_string(),
+        (Some(x), Mode::Enforce) => format!("DENY {} {}", x.status, x.code),
+        (Some(x), Mode::Monitor) => format!("ALLOW (monitor; would deny {} {})", x.status, x.code),
+    };
+    println!("decision: {verdict}");
+    println!("bundle:   {} ({})", snap.bundle.name, snap.bundle.hash);
+    println!("route:    {}", d.route.map(|r| r.name.as_str()).unwrap_or("-"));
+    if let Some(id) = &d.identity {
+        println!("identity: {} (team {:?}, env {:?}, app {:?})", id.id, id.team, id.env, id.app);
+    }
+    println!("mode:     {:?}, failure: {:?}", d.mode, d.failure);
+    println!("checks:");
+    for c in &d.checks {
+        let rules = if c.rules.is_empty() { String::new() } else { format!(" [{}]", c.rules.join(", ")) };
+        println!("  {:<10} {:<8} {:>8.1}µs  {}{}", c.id, c.verdict.as_str(), c.latency_us, c.reason, rules);
+    }
+    if d.key.and_then(|k| k.rate_limit).is_some() {
+        println!("  rate_limit (not evaluated offline: it depends on live traffic)");
+    }
+    if d.enforced().is_some() { ExitCode::from(2) } else { ExitCode::SUCCESS }
+}

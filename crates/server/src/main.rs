@@ -1,0 +1,63 @@
+//! The `lifeguard` binary: serve the gRPC services behind Envoy, and the offline commands a platform team uses
+//! on its bundles (validate, explain, eval, keys, schema).
+
+mod admin;
+mod commands;
+mod serve;
+mod store;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "lifeguard", version, about = "Secures LLM traffic behind Envoy: ext_authz + ext_proc")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve ext_authz, ext_proc, gRPC health and the admin HTTP port.
+    Serve(serve::ServeArgs),
+    /// Check bundles: a one-line summary per valid bundle, every problem of an invalid one.
+    Validate {
+        /// Bundle files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Also read provider credentials, JWKS files and the redaction key, as `serve` does.
+        #[arg(long)]
+        resolve: bool,
+    },
+    /// Explain the ext_authz decision for a request described in JSON (method, path, headers), without a server.
+    Explain {
+        #[arg(long)]
+        bundle: PathBuf,
+        /// JSON file: {"method": "POST", "path": "/v1/chat/completions", "headers": {...}, "context": {...}, "body": {...}}
+        #[arg(long)]
+        request: PathBuf,
+    },
+    /// Virtual keys.
+    Keys {
+        #[command(subcommand)]
+        command: commands::KeysCommand,
+    },
+    /// Print the bundle's JSON Schema.
+    Schema,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Validate { paths, resolve } => commands::validate(&paths, resolve),
+        Command::Explain { bundle, request } => commands::explain(&bundle, &request),
+        Command::Keys { command } => commands::keys(command),
+        Command::Schema => {
+            println!("{:#}", lifeguard_policy::json_schema());
+            ExitCode::SUCCESS
+        }
+    }
+}
