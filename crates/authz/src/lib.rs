@@ -14,15 +14,16 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::config::core::v3::HeaderValueOption;
-use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{
     AttributeContext, CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
 };
+use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use lifeguard_core::{
-    CheckRecord, CheckVerdict, DecisionRecord, DecisionSink, Mode, Phase, RequestFacts, Verdict, decision_id,
+    CheckRecord, CheckVerdict, DecisionRecord, DecisionSink, Mode, Phase, RequestFacts, Verdict,
+    decision_id,
 };
 use lifeguard_policy::{CheckDecision, Denial, Snapshot, decide};
 use lifeguard_wire::{DECISION_HEADER, Handover, error_body, set_header};
@@ -68,7 +69,11 @@ impl AuthzService {
         let record = DecisionRecord {
             decision_id: id,
             phase: Phase::Authz,
-            verdict: if decision.enforced().is_some() { Verdict::Deny } else { Verdict::Allow },
+            verdict: if decision.enforced().is_some() {
+                Verdict::Deny
+            } else {
+                Verdict::Allow
+            },
             would_be: match (decision.mode, &decision.denial) {
                 (Mode::Monitor, Some(_)) => Some(Verdict::Deny),
                 _ => None,
@@ -82,7 +87,11 @@ impl AuthzService {
             app: identity.app,
             model: String::new(),
             status: decision.enforced().map(|d| d.status),
-            code: decision.denial.as_ref().map(|d| d.code.to_string()).unwrap_or_default(),
+            code: decision
+                .denial
+                .as_ref()
+                .map(|d| d.code.to_string())
+                .unwrap_or_default(),
             bundle: snapshot.bundle.clone(),
             checks: decision.checks,
             traceparent: facts.headers.get("traceparent").cloned(),
@@ -97,17 +106,38 @@ impl AuthzService {
         let Some(key) = decision.key else { return };
         let t = Instant::now();
         let (verdict, denial, reason) = match key.rate_limit {
-            None => (CheckVerdict::Skipped, None, "key has no rate limit".to_string()),
+            None => (
+                CheckVerdict::Skipped,
+                None,
+                "key has no rate limit".to_string(),
+            ),
             Some(limit) if decision.denial.is_some() => {
                 let _ = limit;
-                (CheckVerdict::Skipped, None, "request already refused".to_string())
+                (
+                    CheckVerdict::Skipped,
+                    None,
+                    "request already refused".to_string(),
+                )
             }
             Some(limit) => match self.limiter.take(&key.hash, limit, now) {
-                Ok(()) => (CheckVerdict::Pass, None, format!("{} requests per minute", limit.per_minute)),
+                Ok(()) => (
+                    CheckVerdict::Pass,
+                    None,
+                    format!("{} requests per minute", limit.per_minute),
+                ),
                 Err(retry) => {
-                    let mut d = Denial::new(429, "rate_limit_exceeded", "rate_limit", "rate limit exceeded for this key");
+                    let mut d = Denial::new(
+                        429,
+                        "rate_limit_exceeded",
+                        "rate_limit",
+                        "rate limit exceeded for this key",
+                    );
                     d.retry_after = Some(retry);
-                    (CheckVerdict::Block, Some(d), format!("over {} requests per minute", limit.per_minute))
+                    (
+                        CheckVerdict::Block,
+                        Some(d),
+                        format!("over {} requests per minute", limit.per_minute),
+                    )
                 }
             },
         };
@@ -190,7 +220,11 @@ fn deny(denial: &Denial, id: &str) -> CheckResponse {
     }
     CheckResponse {
         status: Some(RpcStatus {
-            code: if denial.status == 401 { GRPC_UNAUTHENTICATED } else { GRPC_PERMISSION_DENIED },
+            code: if denial.status == 401 {
+                GRPC_UNAUTHENTICATED
+            } else {
+                GRPC_PERMISSION_DENIED
+            },
             message: denial.code.to_string(),
             ..Default::default()
         }),

@@ -35,7 +35,10 @@ impl RateLimiter {
         let rate = f64::from(limit.per_minute) / 60.0;
         let burst = f64::from(limit.burst);
         let mut shard = self.shards[usize::from(key[0]) % SHARDS].lock();
-        let bucket = shard.entry(*key).or_insert(Bucket { tokens: burst, last: now });
+        let bucket = shard.entry(*key).or_insert(Bucket {
+            tokens: burst,
+            last: now,
+        });
         let elapsed = now.saturating_duration_since(bucket.last).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
         bucket.last = now;
@@ -57,7 +60,10 @@ mod tests {
     fn burst_then_refill() {
         let rl = RateLimiter::default();
         let k = [7u8; 32];
-        let lim = RateLimit { per_minute: 60, burst: 3 };
+        let lim = RateLimit {
+            per_minute: 60,
+            burst: 3,
+        };
         let t0 = Instant::now();
         for _ in 0..3 {
             assert_eq!(rl.take(&k, lim, t0), Ok(()));
@@ -71,7 +77,10 @@ mod tests {
     #[test]
     fn keys_are_independent() {
         let rl = RateLimiter::default();
-        let lim = RateLimit { per_minute: 1, burst: 1 };
+        let lim = RateLimit {
+            per_minute: 1,
+            burst: 1,
+        };
         let t0 = Instant::now();
         assert!(rl.take(&[1; 32], lim, t0).is_ok());
         assert!(rl.take(&[2; 32], lim, t0).is_ok());

@@ -7,22 +7,26 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use envoy_types::pb::envoy::config::core::v3::HeaderMap;
 use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::ProcessingMode;
-use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::{BodySendMode, HeaderSendMode};
-use envoy_types::pb::envoy::r#type::v3::HttpStatus;
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::{
+    BodySendMode, HeaderSendMode,
+};
 use envoy_types::pb::envoy::service::ext_proc::v3::body_mutation::Mutation;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Msg;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as Answer;
 use envoy_types::pb::envoy::service::ext_proc::v3::{
-    BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, HttpBody, HttpHeaders,
-    ImmediateResponse, ProcessingRequest, ProcessingResponse, TrailersResponse,
+    BodyMutation, BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, HttpBody,
+    HttpHeaders, ImmediateResponse, ProcessingRequest, ProcessingResponse, TrailersResponse,
 };
+use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use lifeguard_core::{
-    Action, Category, CheckRecord, CheckVerdict, DecisionRecord, FailureMode, Finding, Mode, Phase, RequestFacts,
-    Verdict, decision_id,
+    Action, Category, CheckRecord, CheckVerdict, DecisionRecord, FailureMode, Finding, Mode, Phase,
+    RequestFacts, Verdict, decision_id,
 };
 use lifeguard_detect::redact;
 use lifeguard_policy::{Direction, Piece, Route, Snapshot, inspect, match_route};
-use lifeguard_wire::{AUTHZ_NAMESPACE, DECISION_HEADER, FLAGS_HEADER, Handover, error_body, set_header};
+use lifeguard_wire::{
+    AUTHZ_NAMESPACE, DECISION_HEADER, FLAGS_HEADER, Handover, error_body, set_header,
+};
 use serde_json::Value;
 use tonic::Status;
 
@@ -42,7 +46,9 @@ enum Stage {
 enum ResponseKind {
     /// Not inspected on this route, or nothing to inspect (not JSON or SSE).
     Pass,
-    Json { gzip: bool },
+    Json {
+        gzip: bool,
+    },
     Sse(Box<SseInspector>),
     /// Encoded in a way Lifeguard cannot read: handled per the failure mode.
     Unreadable(String),
@@ -71,7 +77,10 @@ pub struct Exchange<'s> {
 }
 
 fn now_nanos() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
 }
 
 fn headers_of(h: &Option<HeaderMap>) -> HashMap<String, String> {
@@ -146,7 +155,10 @@ impl<'s> Exchange<'s> {
         } = req;
         match (self.stage, request) {
             (Stage::Start, Some(Msg::RequestHeaders(h))) => {
-                if let Some(ns) = metadata_context.as_ref().and_then(|m| m.filter_metadata.get(AUTHZ_NAMESPACE)) {
+                if let Some(ns) = metadata_context
+                    .as_ref()
+                    .and_then(|m| m.filter_metadata.get(AUTHZ_NAMESPACE))
+                {
                     self.handover = Handover::from_struct(ns);
                 }
                 Ok(self.request_headers(h))
@@ -160,13 +172,19 @@ impl<'s> Exchange<'s> {
                 Ok(self.response_headers(h))
             }
             (Stage::ResponseBody, Some(Msg::ResponseBody(b))) => Ok(self.response_body(b)),
-            (_, Some(Msg::RequestTrailers(_))) => Ok(answer(Answer::RequestTrailers(TrailersResponse::default()))),
-            (_, Some(Msg::ResponseTrailers(_))) => Ok(answer(Answer::ResponseTrailers(TrailersResponse::default()))),
+            (_, Some(Msg::RequestTrailers(_))) => {
+                Ok(answer(Answer::RequestTrailers(TrailersResponse::default())))
+            }
+            (_, Some(Msg::ResponseTrailers(_))) => Ok(answer(Answer::ResponseTrailers(
+                TrailersResponse::default(),
+            ))),
             (stage, Some(other)) => Err(Status::failed_precondition(format!(
                 "ext_proc message {} out of order at stage {stage:?}",
                 msg_name(&other)
             ))),
-            (_, None) => Err(Status::invalid_argument("ext_proc message without a request")),
+            (_, None) => Err(Status::invalid_argument(
+                "ext_proc message without a request",
+            )),
         }
     }
 
@@ -196,9 +214,24 @@ impl<'s> Exchange<'s> {
                     response: Some(continue_headers(None)),
                 }));
             }
-            let rec = CheckRecord::new("route", CheckVerdict::Block).reason("no policy route for this request");
-            self.request_record = Some(self.record(Phase::Request, Verdict::Deny, None, vec![rec], Some(403), "no_route", Instant::now(), now_nanos()));
-            return self.immediate(403, "no_route", "permission_error", "no policy route matches this request");
+            let rec = CheckRecord::new("route", CheckVerdict::Block)
+                .reason("no policy route for this request");
+            self.request_record = Some(self.record(
+                Phase::Request,
+                Verdict::Deny,
+                None,
+                vec![rec],
+                Some(403),
+                "no_route",
+                Instant::now(),
+                now_nanos(),
+            ));
+            return self.immediate(
+                403,
+                "no_route",
+                "permission_error",
+                "no policy route matches this request",
+            );
         };
         self.mode = route.mode;
         self.failure = route.failure;
@@ -231,7 +264,16 @@ impl<'s> Exchange<'s> {
 
     fn finish_request_without_body(&mut self) {
         let rec = CheckRecord::new("body", CheckVerdict::Skipped).reason("request has no body");
-        self.request_record = Some(self.record(Phase::Request, Verdict::Allow, None, vec![rec], None, "", Instant::now(), now_nanos()));
+        self.request_record = Some(self.record(
+            Phase::Request,
+            Verdict::Allow,
+            None,
+            vec![rec],
+            None,
+            "",
+            Instant::now(),
+            now_nanos(),
+        ));
         self.stage = Stage::ResponseHeaders;
     }
 
@@ -241,12 +283,23 @@ impl<'s> Exchange<'s> {
         let Some(route) = self.route else {
             return answer(Answer::RequestBody(BodyResponse::default()));
         };
-        let HttpBody { body, end_of_stream, .. } = b;
+        let HttpBody {
+            body,
+            end_of_stream,
+            ..
+        } = b;
         if (self.body.len() + body.len()) as u64 > route.max_body_bytes {
             self.stage = Stage::ResponseHeaders;
             let rec = CheckRecord::new("body_size", CheckVerdict::Error)
                 .reason(format!("body over {} bytes", route.max_body_bytes));
-            return self.unreadable_request(rec, 413, "request_too_large", "the request body is larger than this route allows", started, start_nanos);
+            return self.unreadable_request(
+                rec,
+                413,
+                "request_too_large",
+                "the request body is larger than this route allows",
+                started,
+                start_nanos,
+            );
         }
         self.body.extend_from_slice(&body);
         if !end_of_stream {
@@ -260,14 +313,26 @@ impl<'s> Exchange<'s> {
         let mut json: Value = match serde_json::from_slice(&body) {
             Ok(v) => v,
             Err(e) => {
-                let rec = CheckRecord::new("parse", CheckVerdict::Error).reason(format!("body is not valid JSON: {}", e.classify_name()));
-                return self.unreadable_request(rec, 400, "invalid_json", "the request body is not valid JSON", started, start_nanos);
+                let rec = CheckRecord::new("parse", CheckVerdict::Error)
+                    .reason(format!("body is not valid JSON: {}", e.classify_name()));
+                return self.unreadable_request(
+                    rec,
+                    400,
+                    "invalid_json",
+                    "the request body is not valid JSON",
+                    started,
+                    start_nanos,
+                );
             }
         };
         let mut checks = Vec::new();
         // The model must be allowed for the caller and for the route's provider.
         let t = Instant::now();
-        self.model = json.get("model").and_then(Value::as_str).unwrap_or_default().to_string();
+        self.model = json
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         let (model_rec, model_denial) = self.model_check(route);
         let mut model_rec = model_rec;
         model_rec.latency_us = t.elapsed().as_secs_f64() * 1e6;
@@ -276,12 +341,21 @@ impl<'s> Exchange<'s> {
         let (format, located) = request_pieces(&json);
         let texts: Vec<String> = located
             .iter()
-            .map(|l| json.pointer(&l.pointer).and_then(Value::as_str).unwrap_or_default().to_string())
+            .map(|l| {
+                json.pointer(&l.pointer)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            })
             .collect();
         let pieces: Vec<Piece<'_>> = located
             .iter()
             .zip(&texts)
-            .map(|(l, t)| Piece { text: t, tier: l.tier, tool_call: l.tool_call })
+            .map(|(l, t)| Piece {
+                text: t,
+                tier: l.tier,
+                tool_call: l.tool_call,
+            })
             .collect();
         let mut found = inspect(self.snap, route, Direction::Request, &pieces);
         if let Some(first) = found.checks.first_mut() {
@@ -301,7 +375,16 @@ impl<'s> Exchange<'s> {
             }
         };
         let enforce = self.mode == Mode::Enforce;
-        let record = self.record(Phase::Request, if enforce { verdict } else { Verdict::Allow }, (!enforce && verdict != Verdict::Allow).then_some(verdict), checks, status.filter(|_| enforce), &code, started, start_nanos);
+        let record = self.record(
+            Phase::Request,
+            if enforce { verdict } else { Verdict::Allow },
+            (!enforce && verdict != Verdict::Allow).then_some(verdict),
+            checks,
+            status.filter(|_| enforce),
+            &code,
+            started,
+            start_nanos,
+        );
         self.request_record = Some(record);
         if !enforce {
             return answer(Answer::RequestBody(BodyResponse::default()));
@@ -313,14 +396,23 @@ impl<'s> Exchange<'s> {
         if let Some(check) = &found.blocked_by {
             self.stage = Stage::Done;
             let message = format!("the request was blocked by the {check} check");
-            return self.immediate(403, &format!("blocked_by_{check}"), "permission_error", &message);
+            return self.immediate(
+                403,
+                &format!("blocked_by_{check}"),
+                "permission_error",
+                &message,
+            );
         }
         let mut set = Vec::new();
         if !found.flags.is_empty() {
             set.push(set_header(FLAGS_HEADER, &found.flags.join(","), true));
         }
         if found.action == Action::Redact {
-            let key = self.snap.redaction_key.as_ref().map(|k| k.expose().as_bytes().to_vec());
+            let key = self
+                .snap
+                .redaction_key
+                .as_ref()
+                .map(|k| k.expose().as_bytes().to_vec());
             for (l, (text, findings)) in located.iter().zip(texts.iter().zip(&found.redactions)) {
                 if findings.is_empty() {
                     continue;
@@ -330,12 +422,25 @@ impl<'s> Exchange<'s> {
                 }
             }
             let new_body = json.to_string().into_bytes();
-            set.push(set_header("content-length", &new_body.len().to_string(), true));
+            set.push(set_header(
+                "content-length",
+                &new_body.len().to_string(),
+                true,
+            ));
             return answer(Answer::RequestBody(BodyResponse {
-                response: Some(replace_body(new_body, Some(HeaderMutation { set_headers: set, ..Default::default() }))),
+                response: Some(replace_body(
+                    new_body,
+                    Some(HeaderMutation {
+                        set_headers: set,
+                        ..Default::default()
+                    }),
+                )),
             }));
         }
-        let mutation = (!set.is_empty()).then(|| HeaderMutation { set_headers: set, ..Default::default() });
+        let mutation = (!set.is_empty()).then(|| HeaderMutation {
+            set_headers: set,
+            ..Default::default()
+        });
         answer(Answer::RequestBody(BodyResponse {
             response: Some(continue_headers(mutation)),
         }))
@@ -343,14 +448,35 @@ impl<'s> Exchange<'s> {
 
     /// A request body Lifeguard cannot judge (too large, not JSON): refused when failing closed, let through
     /// and flagged as uninspected when failing open. Never passed as if inspected.
-    fn unreadable_request(&mut self, mut rec: CheckRecord, status: u16, code: &str, message: &str, started: Instant, start_nanos: u128) -> ProcessingResponse {
+    fn unreadable_request(
+        &mut self,
+        mut rec: CheckRecord,
+        status: u16,
+        code: &str,
+        message: &str,
+        started: Instant,
+        start_nanos: u128,
+    ) -> ProcessingResponse {
         rec.failure = Some(self.failure);
         let refuse = self.failure == FailureMode::Closed && self.mode == Mode::Enforce;
         let verdict = if refuse { Verdict::Deny } else { Verdict::Flag };
-        self.request_record = Some(self.record(Phase::Request, verdict, None, vec![rec], refuse.then_some(status), code, started, start_nanos));
+        self.request_record = Some(self.record(
+            Phase::Request,
+            verdict,
+            None,
+            vec![rec],
+            refuse.then_some(status),
+            code,
+            started,
+            start_nanos,
+        ));
         if refuse {
             self.stage = Stage::Done;
-            let kind = if status == 413 { "request_too_large" } else { "invalid_request_error" };
+            let kind = if status == 413 {
+                "request_too_large"
+            } else {
+                "invalid_request_error"
+            };
             return self.immediate(status, code, kind, message);
         }
         let mutation = HeaderMutation {
@@ -366,17 +492,23 @@ impl<'s> Exchange<'s> {
         let provider = self.snap.provider(route);
         let key_scope = match self.snap.key_by_id(&self.handover.key_id) {
             Some(key) => Some(key.models.clone()),
-            None if !self.handover.models.is_empty() => Some(lifeguard_policy::ModelScope::from_patterns(&self.handover.models)),
+            None if !self.handover.models.is_empty() => Some(
+                lifeguard_policy::ModelScope::from_patterns(&self.handover.models),
+            ),
             None => None,
         };
         let model = self.model.as_str();
         let mut rec = CheckRecord::new("model", CheckVerdict::Pass);
         rec.rules.push(model.to_string());
-        let restricted = key_scope.as_ref().is_some_and(|s| !s.patterns.is_empty()) || !provider.models.patterns.is_empty();
+        let restricted = key_scope.as_ref().is_some_and(|s| !s.patterns.is_empty())
+            || !provider.models.patterns.is_empty();
         if model.is_empty() {
             return if restricted {
                 rec.verdict = CheckVerdict::Block;
-                (rec.reason("the body names no model"), Some("the request must name a model".into()))
+                (
+                    rec.reason("the body names no model"),
+                    Some("the request must name a model".into()),
+                )
             } else {
                 (rec.reason("no model named; none required"), None)
             };
@@ -385,32 +517,61 @@ impl<'s> Exchange<'s> {
             && !scope.allows(model)
         {
             rec.verdict = CheckVerdict::Block;
-            return (rec.reason("model not in the credential's models"), Some(format!("model {model:?} is not allowed for this credential")));
+            return (
+                rec.reason("model not in the credential's models"),
+                Some(format!(
+                    "model {model:?} is not allowed for this credential"
+                )),
+            );
         }
         if !provider.models.allows(model) {
             rec.verdict = CheckVerdict::Block;
-            return (rec.reason(format!("model not served by provider {:?}", provider.name)), Some(format!("model {model:?} is not available on this route")));
+            return (
+                rec.reason(format!("model not served by provider {:?}", provider.name)),
+                Some(format!("model {model:?} is not available on this route")),
+            );
         }
-        (rec.reason(format!("allowed for the credential and provider {:?}", provider.name)), None)
+        (
+            rec.reason(format!(
+                "allowed for the credential and provider {:?}",
+                provider.name
+            )),
+            None,
+        )
     }
 
     fn response_headers(&mut self, h: HttpHeaders) -> ProcessingResponse {
         self.response_started = Some((Instant::now(), now_nanos()));
         let headers = headers_of(&h.headers);
-        let ctype = headers.get("content-type").map(|s| s.to_ascii_lowercase()).unwrap_or_default();
-        let encoding = headers.get("content-encoding").map(|s| s.trim().to_ascii_lowercase()).unwrap_or_default();
+        let ctype = headers
+            .get("content-type")
+            .map(|s| s.to_ascii_lowercase())
+            .unwrap_or_default();
+        let encoding = headers
+            .get("content-encoding")
+            .map(|s| s.trim().to_ascii_lowercase())
+            .unwrap_or_default();
         let inspects = self.route.is_some_and(Route::inspects_response);
         let sse = ctype.starts_with("text/event-stream");
         let json = ctype.contains("json");
         self.response = if !inspects || h.end_of_stream || !(sse || json) {
             ResponseKind::Pass
         } else if !(encoding.is_empty() || encoding == "identity" || (encoding == "gzip" && json)) {
-            ResponseKind::Unreadable(format!("content-encoding {encoding} on a {} response", if sse { "streamed" } else { "JSON" }))
+            ResponseKind::Unreadable(format!(
+                "content-encoding {encoding} on a {} response",
+                if sse { "streamed" } else { "JSON" }
+            ))
         } else if sse {
-            let key = self.snap.redaction_key.as_ref().map(|k| k.expose().as_bytes().to_vec());
+            let key = self
+                .snap
+                .redaction_key
+                .as_ref()
+                .map(|k| k.expose().as_bytes().to_vec());
             ResponseKind::Sse(Box::new(SseInspector::new(key)))
         } else {
-            ResponseKind::Json { gzip: encoding == "gzip" }
+            ResponseKind::Json {
+                gzip: encoding == "gzip",
+            }
         };
         let body_mode = match &self.response {
             ResponseKind::Pass | ResponseKind::Unreadable(_) => BodySendMode::None,
@@ -418,7 +579,9 @@ impl<'s> Exchange<'s> {
             ResponseKind::Sse(_) => BodySendMode::Streamed,
         };
         let mut mutation = HeaderMutation::default();
-        mutation.set_headers.push(set_header(DECISION_HEADER, &self.id, true));
+        mutation
+            .set_headers
+            .push(set_header(DECISION_HEADER, &self.id, true));
         if let ResponseKind::Unreadable(why) = &self.response {
             let why = why.clone();
             let mut rec = CheckRecord::new("decode", CheckVerdict::Error).reason(why);
@@ -427,16 +590,27 @@ impl<'s> Exchange<'s> {
             if self.failure == FailureMode::Closed && self.mode == Mode::Enforce {
                 self.stage = Stage::Done;
                 self.response_blocked = Some("decode".into());
-                return self.immediate(502, "unreadable_response", "api_error", "the model's response could not be inspected");
+                return self.immediate(
+                    502,
+                    "unreadable_response",
+                    "api_error",
+                    "the model's response could not be inspected",
+                );
             }
             self.response_flags.push("uninspected".into());
-            mutation.set_headers.push(set_header(FLAGS_HEADER, "uninspected", true));
+            mutation
+                .set_headers
+                .push(set_header(FLAGS_HEADER, "uninspected", true));
         }
         if matches!(self.response, ResponseKind::Json { .. }) {
             // The body may be rewritten; Envoy sets the new length from the body response.
             mutation.remove_headers.push("content-length".into());
         }
-        self.stage = if body_mode == BodySendMode::None { Stage::Done } else { Stage::ResponseBody };
+        self.stage = if body_mode == BodySendMode::None {
+            Stage::Done
+        } else {
+            Stage::ResponseBody
+        };
         let mut resp = answer(Answer::ResponseHeaders(HeadersResponse {
             response: Some(continue_headers(Some(mutation))),
         }));
@@ -454,7 +628,11 @@ impl<'s> Exchange<'s> {
     }
 
     fn response_body(&mut self, b: HttpBody) -> ProcessingResponse {
-        let HttpBody { body, end_of_stream, .. } = b;
+        let HttpBody {
+            body,
+            end_of_stream,
+            ..
+        } = b;
         self.chunks += 1;
         match &mut self.response {
             ResponseKind::Sse(_) => self.sse_chunk(body, end_of_stream),
@@ -481,36 +659,65 @@ impl<'s> Exchange<'s> {
         let decoded = if gzip {
             let mut out = Vec::new();
             let limit = route.max_body_bytes.saturating_mul(16);
-            match flate2::read::GzDecoder::new(raw.as_slice()).take(limit).read_to_end(&mut out) {
+            match flate2::read::GzDecoder::new(raw.as_slice())
+                .take(limit)
+                .read_to_end(&mut out)
+            {
                 Ok(_) => Some(out),
                 Err(_) => None,
             }
         } else {
             Some(raw.clone())
         };
-        let parsed = decoded.as_ref().and_then(|d| serde_json::from_slice::<Value>(d).ok());
+        let parsed = decoded
+            .as_ref()
+            .and_then(|d| serde_json::from_slice::<Value>(d).ok());
         let Some(mut json) = parsed else {
-            let mut rec = CheckRecord::new("parse", CheckVerdict::Error).reason(if gzip { "gzip body could not be decoded as JSON" } else { "response is not valid JSON" });
+            let mut rec = CheckRecord::new("parse", CheckVerdict::Error).reason(if gzip {
+                "gzip body could not be decoded as JSON"
+            } else {
+                "response is not valid JSON"
+            });
             rec.failure = Some(self.failure);
             self.response_checks.push(rec);
             if self.failure == FailureMode::Closed && self.mode == Mode::Enforce {
                 self.response_blocked = Some("parse".into());
-                return self.immediate(502, "unreadable_response", "api_error", "the model's response could not be inspected");
+                return self.immediate(
+                    502,
+                    "unreadable_response",
+                    "api_error",
+                    "the model's response could not be inspected",
+                );
             }
             self.response_flags.push("uninspected".into());
             return answer(Answer::ResponseBody(BodyResponse {
-                response: Some(replace_body(raw, Some(HeaderMutation { set_headers: vec![set_header(FLAGS_HEADER, "uninspected", true)], ..Default::default() }))),
+                response: Some(replace_body(
+                    raw,
+                    Some(HeaderMutation {
+                        set_headers: vec![set_header(FLAGS_HEADER, "uninspected", true)],
+                        ..Default::default()
+                    }),
+                )),
             }));
         };
         let (_, located) = response_pieces(&json);
         let texts: Vec<String> = located
             .iter()
-            .map(|l| json.pointer(&l.pointer).and_then(Value::as_str).unwrap_or_default().to_string())
+            .map(|l| {
+                json.pointer(&l.pointer)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            })
             .collect();
         let pieces: Vec<Piece<'_>> = located
             .iter()
             .zip(&texts)
-            .map(|(l, t)| Piece { text: t, tier: l.tier, tool_call: l.tool_call })
+            .map(|(l, t)| Piece {
+                text: t,
+                tier: l.tier,
+                tool_call: l.tool_call,
+            })
             .collect();
         let mut found = inspect(self.snap, route, Direction::Response, &pieces);
         self.response_checks.append(&mut found.checks);
@@ -522,14 +729,25 @@ impl<'s> Exchange<'s> {
         if let Some(check) = &found.blocked_by {
             self.response_blocked = Some(check.clone());
             let message = format!("the model's response was blocked by the {check} check");
-            return self.immediate(403, &format!("blocked_by_{check}"), "permission_error", &message);
+            return self.immediate(
+                403,
+                &format!("blocked_by_{check}"),
+                "permission_error",
+                &message,
+            );
         }
         let mut mutation = HeaderMutation::default();
         if !found.flags.is_empty() {
-            mutation.set_headers.push(set_header(FLAGS_HEADER, &found.flags.join(","), true));
+            mutation
+                .set_headers
+                .push(set_header(FLAGS_HEADER, &found.flags.join(","), true));
         }
         let new_body = if found.action == Action::Redact {
-            let key = self.snap.redaction_key.as_ref().map(|k| k.expose().as_bytes().to_vec());
+            let key = self
+                .snap
+                .redaction_key
+                .as_ref()
+                .map(|k| k.expose().as_bytes().to_vec());
             for (l, (text, findings)) in located.iter().zip(texts.iter().zip(&found.redactions)) {
                 if !findings.is_empty()
                     && let Some(slot) = json.pointer_mut(&l.pointer)
@@ -546,7 +764,11 @@ impl<'s> Exchange<'s> {
         if gzip && found.action == Action::Redact {
             mutation.remove_headers.push("content-encoding".into());
         }
-        mutation.set_headers.push(set_header("content-length", &new_body.len().to_string(), true));
+        mutation.set_headers.push(set_header(
+            "content-length",
+            &new_body.len().to_string(),
+            true,
+        ));
         answer(Answer::ResponseBody(BodyResponse {
             response: Some(replace_body(new_body, Some(mutation))),
         }))
@@ -570,9 +792,20 @@ impl<'s> Exchange<'s> {
             if actions.tool_calls != Some(Action::Block) || texts.is_empty() {
                 return None;
             }
-            let pieces: Vec<Piece<'_>> = texts.iter().map(|t| Piece { text: t, tier: lifeguard_core::Tier::Assistant, tool_call: true }).collect();
+            let pieces: Vec<Piece<'_>> = texts
+                .iter()
+                .map(|t| Piece {
+                    text: t,
+                    tier: lifeguard_core::Tier::Assistant,
+                    tool_call: true,
+                })
+                .collect();
             let found = inspect(snap, route, Direction::Response, &pieces);
-            found.checks.iter().find(|c| c.id == "tool_calls" && c.verdict == CheckVerdict::Block).map(|c| c.rules.join(","))
+            found
+                .checks
+                .iter()
+                .find(|c| c.id == "tool_calls" && c.verdict == CheckVerdict::Block)
+                .map(|c| c.rules.join(","))
         };
         let ResponseKind::Sse(inspector) = &mut self.response else {
             return answer(Answer::ResponseBody(BodyResponse::default()));
@@ -590,13 +823,19 @@ impl<'s> Exchange<'s> {
                 c => c.as_str().to_string(),
             };
             self.response_blocked = Some(check.clone());
-            let body = error_body(&format!("the model's response was blocked by the {check} check"), "permission_error", &format!("blocked_by_{check}"), &self.id);
+            let body = error_body(
+                &format!("the model's response was blocked by the {check} check"),
+                "permission_error",
+                &format!("blocked_by_{check}"),
+                &self.id,
+            );
             out = error_event(&body);
         }
         if end {
             self.stage = Stage::Done;
             // In a stream, the end of the text tells whether held-back tool calls or late findings matter.
-            let mut rec = CheckRecord::new("stream", CheckVerdict::Pass).reason(format!("{} events", inspector.events));
+            let mut rec = CheckRecord::new("stream", CheckVerdict::Pass)
+                .reason(format!("{} events", inspector.events));
             for f in &inspector.findings {
                 if !rec.rules.contains(&f.rule) {
                     rec.rules.push(f.rule.clone());
@@ -622,7 +861,9 @@ impl<'s> Exchange<'s> {
 
     fn immediate(&self, status: u16, code: &str, kind: &str, message: &str) -> ProcessingResponse {
         answer(Answer::ImmediateResponse(ImmediateResponse {
-            status: Some(HttpStatus { code: i32::from(status) }),
+            status: Some(HttpStatus {
+                code: i32::from(status),
+            }),
             headers: Some(HeaderMutation {
                 set_headers: vec![
                     set_header("content-type", "application/json", true),
@@ -637,7 +878,17 @@ impl<'s> Exchange<'s> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn record(&self, phase: Phase, verdict: Verdict, would_be: Option<Verdict>, checks: Vec<CheckRecord>, status: Option<u16>, code: &str, started: Instant, start_unix_nanos: u128) -> DecisionRecord {
+    fn record(
+        &self,
+        phase: Phase,
+        verdict: Verdict,
+        would_be: Option<Verdict>,
+        checks: Vec<CheckRecord>,
+        status: Option<u16>,
+        code: &str,
+        started: Instant,
+        start_unix_nanos: u128,
+    ) -> DecisionRecord {
         DecisionRecord {
             decision_id: self.id.clone(),
             phase,
@@ -670,22 +921,47 @@ impl<'s> Exchange<'s> {
         }
         if let Some((started, nanos)) = self.response_started {
             if self.stage != Stage::Done {
-                self.response_checks.push(CheckRecord::new("stream", CheckVerdict::Error).reason("stream ended before the response did"));
+                self.response_checks.push(
+                    CheckRecord::new("stream", CheckVerdict::Error)
+                        .reason("stream ended before the response did"),
+                );
             }
             let would_block = self.response_blocked.is_some();
             let verdict = if would_block {
                 Verdict::Deny
-            } else if self.response_checks.iter().any(|c| c.verdict == CheckVerdict::Redact) {
+            } else if self
+                .response_checks
+                .iter()
+                .any(|c| c.verdict == CheckVerdict::Redact)
+            {
                 Verdict::Redact
-            } else if !self.response_flags.is_empty() || self.response_checks.iter().any(|c| c.verdict == CheckVerdict::Flag) {
+            } else if !self.response_flags.is_empty()
+                || self
+                    .response_checks
+                    .iter()
+                    .any(|c| c.verdict == CheckVerdict::Flag)
+            {
                 Verdict::Flag
             } else {
                 Verdict::Allow
             };
             let enforce = self.mode == Mode::Enforce;
             let checks = std::mem::take(&mut self.response_checks);
-            let code = self.response_blocked.as_ref().map(|c| format!("blocked_by_{c}")).unwrap_or_default();
-            let mut rec = self.record(Phase::Response, if enforce { verdict } else { Verdict::Allow }, (!enforce && verdict != Verdict::Allow).then_some(verdict), checks, None, &code, started, nanos);
+            let code = self
+                .response_blocked
+                .as_ref()
+                .map(|c| format!("blocked_by_{c}"))
+                .unwrap_or_default();
+            let mut rec = self.record(
+                Phase::Response,
+                if enforce { verdict } else { Verdict::Allow },
+                (!enforce && verdict != Verdict::Allow).then_some(verdict),
+                checks,
+                None,
+                &code,
+                started,
+                nanos,
+            );
             rec.duration_us = started.elapsed().as_secs_f64() * 1e6;
             out.push(rec);
         }

@@ -48,7 +48,14 @@ impl Collector {
     }
 
     /// Every string under `v` (used for unknown shapes and tool-call argument objects).
-    fn all_strings(&mut self, v: &Value, pointer: &str, tier: Tier, tool_call: bool, skip_keys: &[&str]) {
+    fn all_strings(
+        &mut self,
+        v: &Value,
+        pointer: &str,
+        tier: Tier,
+        tool_call: bool,
+        skip_keys: &[&str],
+    ) {
         match v {
             Value::String(_) => self.push(pointer.to_string(), tier, tool_call),
             Value::Array(items) => {
@@ -59,7 +66,13 @@ impl Collector {
             Value::Object(map) => {
                 for (k, item) in map {
                     if !skip_keys.contains(&k.as_str()) {
-                        self.all_strings(item, &format!("{pointer}/{}", escape(k)), tier, tool_call, skip_keys);
+                        self.all_strings(
+                            item,
+                            &format!("{pointer}/{}", escape(k)),
+                            tier,
+                            tool_call,
+                            skip_keys,
+                        );
                     }
                 }
             }
@@ -87,7 +100,13 @@ impl Collector {
                             }
                         }
                         "document" | "search_result" => {
-                            self.all_strings(part, &p, Tier::Retrieved, false, &["type", "media_type", "citations"]);
+                            self.all_strings(
+                                part,
+                                &p,
+                                Tier::Retrieved,
+                                false,
+                                &["type", "media_type", "citations"],
+                            );
                         }
                         "function_call_output" => {
                             if part.get("output").is_some() {
@@ -127,7 +146,9 @@ fn role_tier(role: &str) -> Tier {
 pub fn request_pieces(body: &Value) -> (BodyFormat, Vec<Located>) {
     let mut c = Collector { out: Vec::new() };
     let format = if let Some(messages) = body.get("messages").and_then(Value::as_array) {
-        let anthropic = body.get("system").is_some() || body.get("anthropic_version").is_some() || looks_anthropic(messages);
+        let anthropic = body.get("system").is_some()
+            || body.get("anthropic_version").is_some()
+            || looks_anthropic(messages);
         if let Some(system) = body.get("system") {
             c.content(system, "/system", Tier::System);
         }
@@ -140,13 +161,24 @@ pub fn request_pieces(body: &Value) -> (BodyFormat, Vec<Located>) {
             }
             if let Some(calls) = m.get("tool_calls").and_then(Value::as_array) {
                 for (j, call) in calls.iter().enumerate() {
-                    if call.pointer("/function/arguments").is_some_and(Value::is_string) {
-                        c.push(format!("{p}/tool_calls/{j}/function/arguments"), Tier::Assistant, true);
+                    if call
+                        .pointer("/function/arguments")
+                        .is_some_and(Value::is_string)
+                    {
+                        c.push(
+                            format!("{p}/tool_calls/{j}/function/arguments"),
+                            Tier::Assistant,
+                            true,
+                        );
                     }
                 }
             }
         }
-        if anthropic { BodyFormat::Anthropic } else { BodyFormat::OpenAiChat }
+        if anthropic {
+            BodyFormat::Anthropic
+        } else {
+            BodyFormat::OpenAiChat
+        }
     } else if body.get("input").is_some() {
         if body.get("instructions").is_some_and(Value::is_string) {
             c.push("/instructions".into(), Tier::System, false);
@@ -201,11 +233,16 @@ pub fn request_pieces(body: &Value) -> (BodyFormat, Vec<Located>) {
 
 fn looks_anthropic(messages: &[Value]) -> bool {
     messages.iter().any(|m| {
-        m.get("content").and_then(Value::as_array).is_some_and(|parts| {
-            parts
-                .iter()
-                .any(|p| matches!(p.get("type").and_then(Value::as_str), Some("tool_result" | "tool_use")))
-        })
+        m.get("content")
+            .and_then(Value::as_array)
+            .is_some_and(|parts| {
+                parts.iter().any(|p| {
+                    matches!(
+                        p.get("type").and_then(Value::as_str),
+                        Some("tool_result" | "tool_use")
+                    )
+                })
+            })
     })
 }
 
@@ -225,8 +262,15 @@ pub fn response_pieces(body: &Value) -> (BodyFormat, Vec<Located>) {
                 }
                 if let Some(calls) = m.get("tool_calls").and_then(Value::as_array) {
                     for (j, call) in calls.iter().enumerate() {
-                        if call.pointer("/function/arguments").is_some_and(Value::is_string) {
-                            c.push(format!("{p}/message/tool_calls/{j}/function/arguments"), Tier::Assistant, true);
+                        if call
+                            .pointer("/function/arguments")
+                            .is_some_and(Value::is_string)
+                        {
+                            c.push(
+                                format!("{p}/message/tool_calls/{j}/function/arguments"),
+                                Tier::Assistant,
+                                true,
+                            );
                         }
                     }
                 }
@@ -234,7 +278,11 @@ pub fn response_pieces(body: &Value) -> (BodyFormat, Vec<Located>) {
                 c.push(format!("{p}/text"), Tier::Assistant, false);
             }
         }
-        if chat { BodyFormat::OpenAiChat } else { BodyFormat::Completions }
+        if chat {
+            BodyFormat::OpenAiChat
+        } else {
+            BodyFormat::Completions
+        }
     } else if let Some(output) = body.get("output").and_then(Value::as_array) {
         for (i, item) in output.iter().enumerate() {
             let p = format!("/output/{i}");
@@ -252,7 +300,9 @@ pub fn response_pieces(body: &Value) -> (BodyFormat, Vec<Located>) {
             }
         }
         BodyFormat::OpenAiResponses
-    } else if body.get("content").is_some_and(Value::is_array) && body.get("type").and_then(Value::as_str) == Some("message") {
+    } else if body.get("content").is_some_and(Value::is_array)
+        && body.get("type").and_then(Value::as_str) == Some("message")
+    {
         if let Some(content) = body.get("content") {
             c.content(content, "/content", Tier::Assistant);
         }
@@ -270,7 +320,10 @@ mod tests {
     use serde_json::json;
 
     fn tiers(pieces: &[Located]) -> Vec<(&str, Tier, bool)> {
-        pieces.iter().map(|l| (l.pointer.as_str(), l.tier, l.tool_call)).collect()
+        pieces
+            .iter()
+            .map(|l| (l.pointer.as_str(), l.tier, l.tool_call))
+            .collect()
     }
 
     #[test]
@@ -288,7 +341,11 @@ mod tests {
             vec![
                 ("/messages/0/content", Tier::System, false),
                 ("/messages/1/content/0/text", Tier::User, false),
-                ("/messages/2/tool_calls/0/function/arguments", Tier::Assistant, true),
+                (
+                    "/messages/2/tool_calls/0/function/arguments",
+                    Tier::Assistant,
+                    true
+                ),
                 ("/messages/3/content", Tier::ToolResult, false),
             ]
         );
@@ -306,7 +363,11 @@ mod tests {
             tiers(&p),
             vec![
                 ("/system", Tier::System, false),
-                ("/messages/0/content/0/content/0/text", Tier::ToolResult, false),
+                (
+                    "/messages/0/content/0/content/0/text",
+                    Tier::ToolResult,
+                    false
+                ),
                 ("/messages/1/content", Tier::User, false),
             ]
         );
@@ -345,11 +406,23 @@ mod tests {
             tiers(&p),
             vec![
                 ("/choices/0/message/content", Tier::Assistant, false),
-                ("/choices/0/message/tool_calls/0/function/arguments", Tier::Assistant, true),
+                (
+                    "/choices/0/message/tool_calls/0/function/arguments",
+                    Tier::Assistant,
+                    true
+                ),
             ]
         );
-        let (f, p) = response_pieces(&json!({"type": "message", "content": [{"type": "text", "text": "hi"}, {"type": "tool_use", "input": {"q": "x"}}]}));
+        let (f, p) = response_pieces(
+            &json!({"type": "message", "content": [{"type": "text", "text": "hi"}, {"type": "tool_use", "input": {"q": "x"}}]}),
+        );
         assert_eq!(f, BodyFormat::Anthropic);
-        assert_eq!(tiers(&p), vec![("/content/0/text", Tier::Assistant, false), ("/content/1/input/q", Tier::Assistant, true)]);
+        assert_eq!(
+            tiers(&p),
+            vec![
+                ("/content/0/text", Tier::Assistant, false),
+                ("/content/1/input/q", Tier::Assistant, true)
+            ]
+        );
     }
 }

@@ -85,7 +85,11 @@ impl SseInspector {
 
     /// Texts of the tool calls seen so far (judged whole at the end of the stream).
     pub fn tool_call_texts(&self) -> Vec<&str> {
-        self.channels.values().filter(|c| c.tool_call).map(|c| c.text.as_str()).collect()
+        self.channels
+            .values()
+            .filter(|c| c.tool_call)
+            .map(|c| c.text.as_str())
+            .collect()
     }
 
     /// Feeds a chunk of the response body.
@@ -106,7 +110,12 @@ impl SseInspector {
     }
 
     /// End of the stream: everything left is scanned to the end and released (or blocked).
-    pub fn finish(&mut self, scanner: &Scanner, action_of: &ActionOf<'_>, tool_verdict: &dyn Fn(&[&str]) -> Option<String>) -> Step {
+    pub fn finish(
+        &mut self,
+        scanner: &Scanner,
+        action_of: &ActionOf<'_>,
+        tool_verdict: &dyn Fn(&[&str]) -> Option<String>,
+    ) -> Step {
         if self.blocked {
             return Step::default();
         }
@@ -162,13 +171,20 @@ impl SseInspector {
     }
 
     /// Parses one event and feeds its texts; returns a finding that blocks, if any.
-    fn add_event(&mut self, scanner: &Scanner, raw: Vec<u8>, action_of: &ActionOf<'_>) -> Option<Finding> {
+    fn add_event(
+        &mut self,
+        scanner: &Scanner,
+        raw: Vec<u8>,
+        action_of: &ActionOf<'_>,
+    ) -> Option<Finding> {
         self.events += 1;
         let json = event_data(&raw).and_then(|d| serde_json::from_str::<Value>(d).ok());
         let mut pieces = Vec::new();
         if let Some(v) = &json {
             for (key, pointer, tool_call) in deltas(v) {
-                let Some(text) = v.pointer(&pointer).and_then(Value::as_str) else { continue };
+                let Some(text) = v.pointer(&pointer).and_then(Value::as_str) else {
+                    continue;
+                };
                 let ch = self.channels.entry(key.clone()).or_insert_with(|| Channel {
                     scan: scanner.stream(),
                     len: 0,
@@ -212,16 +228,22 @@ impl SseInspector {
         while let Some(ev) = self.pending.front() {
             let ready = all
                 || ev.pieces.iter().all(|p| {
-                    self.channels.get(&p.key).is_some_and(|c| !c.tool_call && p.range.end <= c.safe)
+                    self.channels
+                        .get(&p.key)
+                        .is_some_and(|c| !c.tool_call && p.range.end <= c.safe)
                 });
             if !ready {
                 break;
             }
-            let Some(mut ev) = self.pending.pop_front() else { break };
+            let Some(mut ev) = self.pending.pop_front() else {
+                break;
+            };
             let mut changed = false;
             if let Some(json) = ev.json.as_mut() {
                 for p in &ev.pieces {
-                    let Some(ch) = self.channels.get(&p.key) else { continue };
+                    let Some(ch) = self.channels.get(&p.key) else {
+                        continue;
+                    };
                     let overlapping: Vec<&Finding> = ch
                         .findings
                         .iter()
@@ -230,8 +252,15 @@ impl SseInspector {
                     if overlapping.is_empty() {
                         continue;
                     }
-                    let Some(Value::String(text)) = json.pointer_mut(&p.pointer) else { continue };
-                    *text = redact_piece(text, p.range.clone(), &overlapping, self.redaction_key.as_deref());
+                    let Some(Value::String(text)) = json.pointer_mut(&p.pointer) else {
+                        continue;
+                    };
+                    *text = redact_piece(
+                        text,
+                        p.range.clone(),
+                        &overlapping,
+                        self.redaction_key.as_deref(),
+                    );
                     changed = true;
                 }
             }
@@ -249,7 +278,12 @@ impl SseInspector {
 
 /// Redacts the part of a channel's findings that falls in this piece. A finding that starts here becomes its
 /// placeholder; the continuation of one that started in an earlier event becomes nothing.
-fn redact_piece(text: &str, range: Range<usize>, findings: &[&Finding], key: Option<&[u8]>) -> String {
+fn redact_piece(
+    text: &str,
+    range: Range<usize>,
+    findings: &[&Finding],
+    key: Option<&[u8]>,
+) -> String {
     let local: Vec<Finding> = findings
         .iter()
         .map(|f| {
@@ -263,7 +297,8 @@ fn redact_piece(text: &str, range: Range<usize>, findings: &[&Finding], key: Opt
             g
         })
         .collect();
-    let (continuing, starting): (Vec<Finding>, Vec<Finding>) = local.into_iter().partition(|f| f.label.is_empty());
+    let (continuing, starting): (Vec<Finding>, Vec<Finding>) =
+        local.into_iter().partition(|f| f.label.is_empty());
     // Cut continuations first (they sit at the start of the piece), then placeholder the rest.
     let mut s = text.to_string();
     let mut cut = 0;
@@ -298,7 +333,8 @@ fn event_end(buf: &[u8]) -> Option<usize> {
 /// The `data:` payload of an event (single-line data, the shape every LLM provider sends).
 fn event_data(raw: &[u8]) -> Option<&str> {
     let text = std::str::from_utf8(raw).ok()?;
-    text.lines().find_map(|l| l.strip_prefix("data:").map(str::trim))
+    text.lines()
+        .find_map(|l| l.strip_prefix("data:").map(str::trim))
 }
 
 /// The text deltas an event carries: channel, JSON pointer, whether it is tool-call arguments.
@@ -308,15 +344,29 @@ fn deltas(v: &Value) -> Vec<(ChannelKey, String, bool)> {
         for (i, c) in choices.iter().enumerate() {
             let idx = c.get("index").and_then(Value::as_u64).unwrap_or(i as u64);
             if c.pointer("/delta/content").is_some_and(Value::is_string) {
-                out.push((ChannelKey::Content(idx), format!("/choices/{i}/delta/content"), false));
+                out.push((
+                    ChannelKey::Content(idx),
+                    format!("/choices/{i}/delta/content"),
+                    false,
+                ));
             }
             if c.get("text").is_some_and(Value::is_string) {
-                out.push((ChannelKey::Content(idx), format!("/choices/{i}/text"), false));
+                out.push((
+                    ChannelKey::Content(idx),
+                    format!("/choices/{i}/text"),
+                    false,
+                ));
             }
             if let Some(calls) = c.pointer("/delta/tool_calls").and_then(Value::as_array) {
                 for (j, call) in calls.iter().enumerate() {
-                    let tidx = call.get("index").and_then(Value::as_u64).unwrap_or(j as u64);
-                    if call.pointer("/function/arguments").is_some_and(Value::is_string) {
+                    let tidx = call
+                        .get("index")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(j as u64);
+                    if call
+                        .pointer("/function/arguments")
+                        .is_some_and(Value::is_string)
+                    {
                         out.push((
                             ChannelKey::ToolCall(idx, tidx),
                             format!("/choices/{i}/delta/tool_calls/{j}/function/arguments"),
@@ -330,15 +380,31 @@ fn deltas(v: &Value) -> Vec<(ChannelKey, String, bool)> {
         let idx = v.get("index").and_then(Value::as_u64).unwrap_or(0);
         if v.pointer("/delta/text").is_some_and(Value::is_string) {
             out.push((ChannelKey::Block(idx), "/delta/text".into(), false));
-        } else if v.pointer("/delta/partial_json").is_some_and(Value::is_string) {
-            out.push((ChannelKey::ToolCall(u64::MAX, idx), "/delta/partial_json".into(), true));
+        } else if v
+            .pointer("/delta/partial_json")
+            .is_some_and(Value::is_string)
+        {
+            out.push((
+                ChannelKey::ToolCall(u64::MAX, idx),
+                "/delta/partial_json".into(),
+                true,
+            ));
         }
-    } else if v.get("type").and_then(Value::as_str) == Some("response.output_text.delta") && v.get("delta").is_some_and(Value::is_string) {
+    } else if v.get("type").and_then(Value::as_str) == Some("response.output_text.delta")
+        && v.get("delta").is_some_and(Value::is_string)
+    {
         let idx = v.get("output_index").and_then(Value::as_u64).unwrap_or(0);
         out.push((ChannelKey::Content(idx), "/delta".into(), false));
-    } else if v.get("type").and_then(Value::as_str) == Some("response.function_call_arguments.delta") && v.get("delta").is_some_and(Value::is_string) {
+    } else if v.get("type").and_then(Value::as_str)
+        == Some("response.function_call_arguments.delta")
+        && v.get("delta").is_some_and(Value::is_string)
+    {
         let idx = v.get("output_index").and_then(Value::as_u64).unwrap_or(0);
-        out.push((ChannelKey::ToolCall(u64::MAX - 1, idx), "/delta".into(), true));
+        out.push((
+            ChannelKey::ToolCall(u64::MAX - 1, idx),
+            "/delta".into(),
+            true,
+        ));
     }
     out
 }

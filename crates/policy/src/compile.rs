@@ -26,7 +26,10 @@ pub struct CompileOptions {
 }
 
 /// Parses and compiles bundle sources into a snapshot, or returns every problem found.
-pub fn compile_sources(sources: &[SourceFile], opts: CompileOptions) -> Result<Snapshot, Vec<Problem>> {
+pub fn compile_sources(
+    sources: &[SourceFile],
+    opts: CompileOptions,
+) -> Result<Snapshot, Vec<Problem>> {
     let (parsed, mut problems) = parse(sources);
     let mut hasher = Sha256::new();
     for s in sources {
@@ -80,14 +83,24 @@ impl Compiler<'_> {
     fn bundle(&mut self, hash: String) -> Option<Snapshot> {
         let raw = &self.p.bundle;
         if raw.version != 1 && self.p.sections.contains_key("version") {
-            self.section_err("version", "", format!("unsupported version {}: this Lifeguard reads version 1", raw.version));
+            self.section_err(
+                "version",
+                "",
+                format!(
+                    "unsupported version {}: this Lifeguard reads version 1",
+                    raw.version
+                ),
+            );
         }
         if raw.name.trim().is_empty() && self.p.sections.contains_key("name") {
             self.section_err("name", "", "must not be empty");
         }
         let mode = raw.defaults.mode.unwrap_or_default();
         let failure = raw.defaults.failure.unwrap_or_default();
-        let max_body_bytes = raw.defaults.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        let max_body_bytes = raw
+            .defaults
+            .max_body_bytes
+            .unwrap_or(DEFAULT_MAX_BODY_BYTES);
         if max_body_bytes == 0 {
             self.section_err("defaults", "max_body_bytes", "must be greater than 0");
         }
@@ -101,22 +114,53 @@ impl Compiler<'_> {
         let (keys, key_ids) = self.keys(&provider_index);
         let jwt = self.jwt(&provider_index);
         let section = |name: &str| {
-            self.p.sections.get(name).cloned().unwrap_or(Loc { file: 0, path: name.to_string() })
+            self.p.sections.get(name).cloned().unwrap_or(Loc {
+                file: 0,
+                path: name.to_string(),
+            })
         };
-        let (inj_loc, jb_loc) = (section("detectors.injection"), section("detectors.jailbreak"));
-        let injection = self.thresholds(raw.detectors.injection.as_ref(), default_thresholds(0.5), &inj_loc, "");
-        let jailbreak = self.thresholds(raw.detectors.jailbreak.as_ref(), default_thresholds(0.5), &jb_loc, "");
-        let routes = self.routes(&providers, &provider_index, (injection, jailbreak), (mode, failure, max_body_bytes));
+        let (inj_loc, jb_loc) = (
+            section("detectors.injection"),
+            section("detectors.jailbreak"),
+        );
+        let injection = self.thresholds(
+            raw.detectors.injection.as_ref(),
+            default_thresholds(0.5),
+            &inj_loc,
+            "",
+        );
+        let jailbreak = self.thresholds(
+            raw.detectors.jailbreak.as_ref(),
+            default_thresholds(0.5),
+            &jb_loc,
+            "",
+        );
+        let routes = self.routes(
+            &providers,
+            &provider_index,
+            (injection, jailbreak),
+            (mode, failure, max_body_bytes),
+        );
         let (scanner, custom_actions) = self.detectors();
         let tool_hosts = raw
             .detectors
             .tool_calls
             .as_ref()
-            .map(|t| t.allowed_hosts.iter().map(|h| h.to_ascii_lowercase()).collect())
+            .map(|t| {
+                t.allowed_hosts
+                    .iter()
+                    .map(|h| h.to_ascii_lowercase())
+                    .collect()
+            })
             .unwrap_or_default();
         let redaction_key = match &raw.detectors.redaction_key {
             Some(cred) if self.opts.read_external => {
-                let loc = self.p.sections.get("detectors.redaction_key").cloned().unwrap_or_default();
+                let loc = self
+                    .p
+                    .sections
+                    .get("detectors.redaction_key")
+                    .cloned()
+                    .unwrap_or_default();
                 self.credential(cred, &loc, "")
             }
             _ => None,
@@ -172,8 +216,16 @@ impl Compiler<'_> {
             let loc = self.p.providers.get(name).cloned().unwrap_or_default();
             let models = self.model_scope(&raw.models, &loc, "models");
             let header = raw.header.to_ascii_lowercase();
-            if header.is_empty() || !header.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-                self.err(&loc, "header", format!("invalid header name {:?}", raw.header));
+            if header.is_empty()
+                || !header
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                self.err(
+                    &loc,
+                    "header",
+                    format!("invalid header name {:?}", raw.header),
+                );
             }
             let value = if self.opts.read_external {
                 self.credential(&raw.credential, &loc, "credential")
@@ -211,7 +263,11 @@ impl Compiler<'_> {
                     }
                     Err(e) => {
                         ok = false;
-                        self.err(loc, &format!("{sub}[{i}]"), format!("invalid glob {pat:?}: {}", e.kind()));
+                        self.err(
+                            loc,
+                            &format!("{sub}[{i}]"),
+                            format!("invalid glob {pat:?}: {}", e.kind()),
+                        );
                     }
                 }
             }
@@ -227,7 +283,11 @@ impl Compiler<'_> {
     fn known_providers(&mut self, list: &[String], index: &HashMap<&str, usize>, loc: &Loc) {
         for (i, p) in list.iter().enumerate() {
             if !index.contains_key(p.as_str()) {
-                self.err(loc, &format!("providers[{i}]"), format!("unknown provider {p:?}"));
+                self.err(
+                    loc,
+                    &format!("providers[{i}]"),
+                    format!("unknown provider {p:?}"),
+                );
             }
         }
     }
@@ -237,13 +297,20 @@ impl Compiler<'_> {
         match text.parse::<Timestamp>() {
             Ok(t) => Some(t),
             Err(_) => {
-                self.err(loc, sub, format!("invalid time {text:?}: use RFC 3339, e.g. 2027-06-30T00:00:00Z"));
+                self.err(
+                    loc,
+                    sub,
+                    format!("invalid time {text:?}: use RFC 3339, e.g. 2027-06-30T00:00:00Z"),
+                );
                 None
             }
         }
     }
 
-    fn keys(&mut self, providers: &HashMap<&str, usize>) -> (HashMap<[u8; 32], Key>, HashMap<String, [u8; 32]>) {
+    fn keys(
+        &mut self,
+        providers: &HashMap<&str, usize>,
+    ) -> (HashMap<[u8; 32], Key>, HashMap<String, [u8; 32]>) {
         let mut keys = HashMap::with_capacity(self.p.bundle.keys.len());
         let mut ids = HashMap::with_capacity(self.p.bundle.keys.len());
         for (raw, loc) in self.p.bundle.keys.iter().zip(&self.p.keys) {
@@ -260,7 +327,11 @@ impl Compiler<'_> {
             let not_before = self.timestamp(&raw.not_before, loc, "not_before");
             let rate_limit = raw.rate_limit.as_ref().and_then(|r| {
                 if r.requests_per_minute == 0 {
-                    self.err(loc, "rate_limit.requests_per_minute", "must be greater than 0 (use `revoked: true` to refuse a key)");
+                    self.err(
+                        loc,
+                        "rate_limit.requests_per_minute",
+                        "must be greater than 0 (use `revoked: true` to refuse a key)",
+                    );
                     return None;
                 }
                 Some(RateLimit {
@@ -311,11 +382,19 @@ impl Compiler<'_> {
             if raw.audiences.is_empty() {
                 self.err(loc, "audiences", "name at least one audience");
             }
-            for (field, path) in [("team", &raw.claims.team), ("env", &raw.claims.env), ("app", &raw.claims.app)] {
+            for (field, path) in [
+                ("team", &raw.claims.team),
+                ("env", &raw.claims.env),
+                ("app", &raw.claims.app),
+            ] {
                 if let Some(p) = path
                     && !valid_claim_path(p)
                 {
-                    self.err(loc, &format!("claims.{field}"), format!("invalid claim path {p:?}"));
+                    self.err(
+                        loc,
+                        &format!("claims.{field}"),
+                        format!("invalid claim path {p:?}"),
+                    );
                 }
             }
             self.known_providers(&raw.providers, providers, loc);
@@ -330,7 +409,11 @@ impl Compiler<'_> {
                         }
                     },
                     Err(e) => {
-                        self.err(loc, "jwks_file", format!("cannot read {}: {e}", raw.jwks_file));
+                        self.err(
+                            loc,
+                            "jwks_file",
+                            format!("cannot read {}: {e}", raw.jwks_file),
+                        );
                         Vec::new()
                     }
                 }
@@ -355,7 +438,13 @@ impl Compiler<'_> {
     }
 
     /// Reads per-tier thresholds at `loc` + `sub`, starting from `base`.
-    fn thresholds(&mut self, raw: Option<&RawTierThresholds>, base: TierThresholds, loc: &Loc, sub: &str) -> TierThresholds {
+    fn thresholds(
+        &mut self,
+        raw: Option<&RawTierThresholds>,
+        base: TierThresholds,
+        loc: &Loc,
+        sub: &str,
+    ) -> TierThresholds {
         let Some(raw) = raw else { return base };
         let mut t = match raw.threshold {
             Some(v) => default_thresholds(v),
@@ -372,7 +461,11 @@ impl Compiler<'_> {
         for (name, value, tier) in fields {
             let Some(v) = value else { continue };
             if !(0.0..=1.0).contains(&v) || v.is_nan() {
-                let path = if sub.is_empty() { name.to_string() } else { format!("{sub}.{name}") };
+                let path = if sub.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{sub}.{name}")
+                };
                 self.err(loc, &path, format!("threshold {v} is not between 0 and 1"));
             } else if let Some(tier) = tier {
                 t.0[tier as usize] = v;
@@ -397,17 +490,28 @@ impl Compiler<'_> {
                 self.err(loc, "name", format!("duplicate route name {:?}", raw.name));
             }
             let m = &raw.matcher;
-            for (field, v) in [("path_prefix", &m.path_prefix), ("path_exact", &m.path_exact)] {
+            for (field, v) in [
+                ("path_prefix", &m.path_prefix),
+                ("path_exact", &m.path_exact),
+            ] {
                 if let Some(v) = v
                     && !v.starts_with('/')
                 {
-                    self.err(loc, &format!("match.{field}"), format!("{v:?} must start with '/'"));
+                    self.err(
+                        loc,
+                        &format!("match.{field}"),
+                        format!("{v:?} must start with '/'"),
+                    );
                 }
             }
             let methods: Vec<String> = m.methods.iter().map(|x| x.to_ascii_uppercase()).collect();
             for (i, x) in methods.iter().enumerate() {
                 if x.is_empty() || !x.bytes().all(|b| b.is_ascii_uppercase()) {
-                    self.err(loc, &format!("match.methods[{i}]"), format!("invalid method {x:?}"));
+                    self.err(
+                        loc,
+                        &format!("match.methods[{i}]"),
+                        format!("invalid method {x:?}"),
+                    );
                 }
             }
             let provider = match &raw.provider {
@@ -418,21 +522,42 @@ impl Compiler<'_> {
                         None
                     }
                 },
-                None => infer_provider(providers, m.path_exact.as_deref().or(m.path_prefix.as_deref())),
+                None => infer_provider(
+                    providers,
+                    m.path_exact.as_deref().or(m.path_prefix.as_deref()),
+                ),
             };
             if provider.is_none() && raw.provider.is_none() {
                 if providers.is_empty() {
-                    self.err(loc, "", "the bundle defines no provider for this route to serve");
+                    self.err(
+                        loc,
+                        "",
+                        "the bundle defines no provider for this route to serve",
+                    );
                 } else {
-                    self.err(loc, "provider", "cannot tell which provider this route serves: set `provider`");
+                    self.err(
+                        loc,
+                        "provider",
+                        "cannot tell which provider this route serves: set `provider`",
+                    );
                 }
             }
             let max_body_bytes = raw.max_body_bytes.unwrap_or(max_body);
             if max_body_bytes == 0 {
                 self.err(loc, "max_body_bytes", "must be greater than 0");
             }
-            let route_injection = self.thresholds(raw.thresholds.injection.as_ref(), injection, loc, "thresholds.injection");
-            let route_jailbreak = self.thresholds(raw.thresholds.jailbreak.as_ref(), jailbreak, loc, "thresholds.jailbreak");
+            let route_injection = self.thresholds(
+                raw.thresholds.injection.as_ref(),
+                injection,
+                loc,
+                "thresholds.injection",
+            );
+            let route_jailbreak = self.thresholds(
+                raw.thresholds.jailbreak.as_ref(),
+                jailbreak,
+                loc,
+                "thresholds.jailbreak",
+            );
             out.push(Route {
                 name: raw.name.clone(),
                 matcher: Matcher {
@@ -493,8 +618,20 @@ impl Compiler<'_> {
         let mut custom = Vec::new();
         let mut custom_actions = HashMap::new();
         for (raw, loc) in d.custom.iter().zip(&self.p.custom) {
-            if raw.id.is_empty() || !raw.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-                self.err(loc, "id", format!("invalid rule id {:?}: use letters, digits, '-' and '_'", raw.id));
+            if raw.id.is_empty()
+                || !raw
+                    .id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                self.err(
+                    loc,
+                    "id",
+                    format!(
+                        "invalid rule id {:?}: use letters, digits, '-' and '_'",
+                        raw.id
+                    ),
+                );
             }
             if custom_actions.insert(raw.id.clone(), raw.action).is_some() {
                 self.err(loc, "id", format!("duplicate custom rule id {:?}", raw.id));
@@ -530,7 +667,11 @@ impl Compiler<'_> {
                 for e in errors {
                     match e.rule_index.and_then(|i| custom.get(i)) {
                         Some((loc, rule)) => {
-                            let sub = if matches!(rule.kind, CustomKind::Regex(_)) { "regex" } else { "phrases" };
+                            let sub = if matches!(rule.kind, CustomKind::Regex(_)) {
+                                "regex"
+                            } else {
+                                "phrases"
+                            };
                             self.err(loc, sub, e.message);
                         }
                         None => self.section_err("detectors", "", e.message),
@@ -577,7 +718,10 @@ fn infer_provider(providers: &[Provider], path: Option<&str>) -> Option<usize> {
         Some(p) if p.contains("/messages") => Format::Anthropic,
         _ => Format::OpenAi,
     };
-    let mut matching = providers.iter().enumerate().filter(|(_, p)| p.format == wanted);
+    let mut matching = providers
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.format == wanted);
     match (matching.next(), matching.next()) {
         (Some((i, _)), None) => Some(i),
         _ => None,

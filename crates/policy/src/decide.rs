@@ -31,7 +31,12 @@ pub struct Denial {
 }
 
 impl Denial {
-    pub fn new(status: u16, code: &'static str, check: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(
+        status: u16,
+        code: &'static str,
+        check: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
         Denial {
             status,
             code,
@@ -104,7 +109,11 @@ impl CheckDecision<'_> {
 }
 
 /// Runs route, identity and scope checks for one request.
-pub fn decide<'s>(snapshot: &'s Snapshot, facts: &RequestFacts, now: Timestamp) -> CheckDecision<'s> {
+pub fn decide<'s>(
+    snapshot: &'s Snapshot,
+    facts: &RequestFacts,
+    now: Timestamp,
+) -> CheckDecision<'s> {
     let mut d = CheckDecision {
         route: None,
         identity: None,
@@ -119,8 +128,19 @@ pub fn decide<'s>(snapshot: &'s Snapshot, facts: &RequestFacts, now: Timestamp) 
     let t = Instant::now();
     let (route, why) = match_route(snapshot, facts);
     let Some(route) = route else {
-        let rec = timed(CheckRecord::new("route", CheckVerdict::Block).reason(why), t);
-        d.record(rec, Some(Denial::new(403, "no_route", "route", "no policy route matches this request")));
+        let rec = timed(
+            CheckRecord::new("route", CheckVerdict::Block).reason(why),
+            t,
+        );
+        d.record(
+            rec,
+            Some(Denial::new(
+                403,
+                "no_route",
+                "route",
+                "no policy route matches this request",
+            )),
+        );
         return d;
     };
     d.route = Some(route);
@@ -132,12 +152,25 @@ pub fn decide<'s>(snapshot: &'s Snapshot, facts: &RequestFacts, now: Timestamp) 
 
     let t = Instant::now();
     if !route.authenticate {
-        d.record(timed(CheckRecord::new("identity", CheckVerdict::Skipped).reason("route does not authenticate"), t), None);
+        d.record(
+            timed(
+                CheckRecord::new("identity", CheckVerdict::Skipped)
+                    .reason("route does not authenticate"),
+                t,
+            ),
+            None,
+        );
         return d;
     }
     match identify(snapshot, facts, now) {
         Err((denial, reason)) => {
-            d.record(timed(CheckRecord::new("identity", CheckVerdict::Block).reason(reason), t), Some(denial));
+            d.record(
+                timed(
+                    CheckRecord::new("identity", CheckVerdict::Block).reason(reason),
+                    t,
+                ),
+                Some(denial),
+            );
             return d;
         }
         Ok((identity, key, header)) => {
@@ -154,24 +187,48 @@ pub fn decide<'s>(snapshot: &'s Snapshot, facts: &RequestFacts, now: Timestamp) 
     }
 
     let t = Instant::now();
-    let Some(identity) = d.identity.as_ref() else { return d };
+    let Some(identity) = d.identity.as_ref() else {
+        return d;
+    };
     let provider = &snapshot.providers[route.provider].name;
-    let (verdict, denial, reason) = if !route.allow.is_empty() && !route.allow.iter().any(|r| r.admits(identity)) {
+    let (verdict, denial, reason) = if !route.allow.is_empty()
+        && !route.allow.iter().any(|r| r.admits(identity))
+    {
         (
             CheckVerdict::Block,
-            Some(Denial::new(403, "route_not_allowed", "scope", format!("this credential may not use route {:?}", route.name))),
-            format!("no allow rule of route {:?} admits team {:?} env {:?} app {:?}", route.name, identity.team, identity.env, identity.app),
+            Some(Denial::new(
+                403,
+                "route_not_allowed",
+                "scope",
+                format!("this credential may not use route {:?}", route.name),
+            )),
+            format!(
+                "no allow rule of route {:?} admits team {:?} env {:?} app {:?}",
+                route.name, identity.team, identity.env, identity.app
+            ),
         )
     } else if !identity.providers.is_empty() && !identity.providers.iter().any(|p| p == provider) {
         (
             CheckVerdict::Block,
-            Some(Denial::new(403, "provider_not_allowed", "scope", format!("this credential may not use provider {provider:?}"))),
+            Some(Denial::new(
+                403,
+                "provider_not_allowed",
+                "scope",
+                format!("this credential may not use provider {provider:?}"),
+            )),
             format!("provider {provider:?} not in the credential's providers"),
         )
     } else {
-        (CheckVerdict::Pass, None, format!("admitted to route {:?}, provider {provider:?}", route.name))
+        (
+            CheckVerdict::Pass,
+            None,
+            format!("admitted to route {:?}, provider {provider:?}", route.name),
+        )
     };
-    d.record(timed(CheckRecord::new("scope", verdict).reason(reason), t), denial);
+    d.record(
+        timed(CheckRecord::new("scope", verdict).reason(reason), t),
+        denial,
+    );
     d
 }
 
@@ -181,11 +238,20 @@ fn timed(mut rec: CheckRecord, start: Instant) -> CheckRecord {
 }
 
 /// The route for a request: named by Envoy's context extension, else the first whose matcher matches.
-pub fn match_route<'s>(snapshot: &'s Snapshot, facts: &RequestFacts) -> (Option<&'s Route>, String) {
+pub fn match_route<'s>(
+    snapshot: &'s Snapshot,
+    facts: &RequestFacts,
+) -> (Option<&'s Route>, String) {
     if let Some(name) = facts.context.get(ROUTE_CONTEXT_KEY) {
         return match snapshot.route_by_name(name) {
-            Some(r) => (Some(r), format!("named by Envoy context extension {ROUTE_CONTEXT_KEY}")),
-            None => (None, format!("Envoy names route {name:?}, which the bundle does not define")),
+            Some(r) => (
+                Some(r),
+                format!("named by Envoy context extension {ROUTE_CONTEXT_KEY}"),
+            ),
+            None => (
+                None,
+                format!("Envoy names route {name:?}, which the bundle does not define"),
+            ),
         };
     }
     match snapshot.routes.iter().find(|r| matches(&r.matcher, facts)) {
@@ -197,23 +263,47 @@ pub fn match_route<'s>(snapshot: &'s Snapshot, facts: &RequestFacts) -> (Option<
 fn matches(m: &Matcher, facts: &RequestFacts) -> bool {
     let path = facts.path_only();
     m.path_exact.as_ref().is_none_or(|p| p == path)
-        && m.path_prefix.as_ref().is_none_or(|p| path.starts_with(p.as_str()))
-        && (m.methods.is_empty() || m.methods.iter().any(|x| x.eq_ignore_ascii_case(&facts.method)))
-        && m.headers.iter().all(|(k, v)| facts.header(k) == Some(v.as_str()))
+        && m.path_prefix
+            .as_ref()
+            .is_none_or(|p| path.starts_with(p.as_str()))
+        && (m.methods.is_empty()
+            || m.methods
+                .iter()
+                .any(|x| x.eq_ignore_ascii_case(&facts.method)))
+        && m.headers
+            .iter()
+            .all(|(k, v)| facts.header(k) == Some(v.as_str()))
 }
 
 type Identified<'s> = (Identity, Option<&'s Key>, CredentialHeader);
 
-fn identify<'s>(snapshot: &'s Snapshot, facts: &RequestFacts, now: Timestamp) -> Result<Identified<'s>, (Denial, String)> {
+fn identify<'s>(
+    snapshot: &'s Snapshot,
+    facts: &RequestFacts,
+    now: Timestamp,
+) -> Result<Identified<'s>, (Denial, String)> {
     let unauthorized = |code: &'static str, message: &str, reason: &str| {
-        Err((Denial::new(401, code, "identity", message), reason.to_string()))
+        Err((
+            Denial::new(401, code, "identity", message),
+            reason.to_string(),
+        ))
     };
     let (token, header) = match credential(facts) {
         Some(found) => found,
-        None => return unauthorized("missing_api_key", "no API key or bearer token was provided", "no credential in authorization or x-api-key"),
+        None => {
+            return unauthorized(
+                "missing_api_key",
+                "no API key or bearer token was provided",
+                "no credential in authorization or x-api-key",
+            );
+        }
     };
     if token.len() > MAX_CREDENTIAL_BYTES || token.is_empty() {
-        return unauthorized("invalid_api_key", "the credential is malformed", "credential empty or longer than the limit");
+        return unauthorized(
+            "invalid_api_key",
+            "the credential is malformed",
+            "credential empty or longer than the limit",
+        );
     }
     if !snapshot.jwt.is_empty() && looks_like_jwt(token) {
         return match verify(&snapshot.jwt, token) {
@@ -223,12 +313,20 @@ fn identify<'s>(snapshot: &'s Snapshot, facts: &RequestFacts, now: Timestamp) ->
     }
     let hash = hash_key(token);
     let Some(key) = snapshot.keys.get(&hash) else {
-        return unauthorized("invalid_api_key", "the API key is not valid", "unknown virtual key");
+        return unauthorized(
+            "invalid_api_key",
+            "the API key is not valid",
+            "unknown virtual key",
+        );
     };
     // The map lookup found it by hash; compare the full digest in constant time as well, so no timing
     // difference depends on how much of a guessed key is right.
     if !bool::from(key.hash.ct_eq(&hash)) {
-        return unauthorized("invalid_api_key", "the API key is not valid", "unknown virtual key");
+        return unauthorized(
+            "invalid_api_key",
+            "the API key is not valid",
+            "unknown virtual key",
+        );
     }
     if key.revoked {
         return unauthorized("key_revoked", "the API key has been revoked", "key revoked");
@@ -237,7 +335,11 @@ fn identify<'s>(snapshot: &'s Snapshot, facts: &RequestFacts, now: Timestamp) ->
         return unauthorized("key_expired", "the API key has expired", "key expired");
     }
     if key.not_before.is_some_and(|nb| now < nb) {
-        return unauthorized("key_not_yet_valid", "the API key is not valid yet", "key not yet valid");
+        return unauthorized(
+            "key_not_yet_valid",
+            "the API key is not valid yet",
+            "key not yet valid",
+        );
     }
     Ok((key.identity.clone(), Some(key), header))
 }

@@ -55,7 +55,12 @@ impl Inspection {
 }
 
 /// Inspects `pieces` for `route` in `direction`.
-pub fn inspect(snapshot: &Snapshot, route: &Route, direction: Direction, pieces: &[Piece<'_>]) -> Inspection {
+pub fn inspect(
+    snapshot: &Snapshot,
+    route: &Route,
+    direction: Direction,
+    pieces: &[Piece<'_>],
+) -> Inspection {
     let actions = match direction {
         Direction::Request => route.request,
         Direction::Response => route.response,
@@ -65,7 +70,10 @@ pub fn inspect(snapshot: &Snapshot, route: &Route, direction: Direction, pieces:
         ..Default::default()
     };
     let t = Instant::now();
-    let reports: Vec<_> = pieces.iter().map(|p| snapshot.scanner.scan(p.text)).collect();
+    let reports: Vec<_> = pieces
+        .iter()
+        .map(|p| snapshot.scanner.scan(p.text))
+        .collect();
     let mut scan = CheckRecord::new("scan", CheckVerdict::Pass).reason(format!(
         "{} segment(s), {} bytes",
         pieces.len(),
@@ -82,13 +90,20 @@ pub fn inspect(snapshot: &Snapshot, route: &Route, direction: Direction, pieces:
     ] {
         let t = Instant::now();
         let Some(action) = actions.get(category) else {
-            out.checks.push(CheckRecord::new(category.as_str(), CheckVerdict::Skipped).reason("not enabled on this route"));
+            out.checks.push(
+                CheckRecord::new(category.as_str(), CheckVerdict::Skipped)
+                    .reason("not enabled on this route"),
+            );
             continue;
         };
         let mut rec = CheckRecord::new(category.as_str(), CheckVerdict::Pass);
         let mut hit = false;
         for (i, (piece, report)) in pieces.iter().zip(&reports).enumerate() {
-            let found: Vec<&Finding> = report.findings.iter().filter(|f| f.category == category).collect();
+            let found: Vec<&Finding> = report
+                .findings
+                .iter()
+                .filter(|f| f.category == category)
+                .collect();
             let piece_hit = match thresholds {
                 Some(th) => score_hit(&mut rec, category, piece.tier, report, th),
                 None => !found.is_empty(),
@@ -140,7 +155,12 @@ fn score_hit(
     }
     let hit = score.value >= threshold;
     if hit {
-        rec.reason = format!("score {:.2} >= {:.2} at tier {}", score.value, threshold, tier.as_str());
+        rec.reason = format!(
+            "score {:.2} >= {:.2} at tier {}",
+            score.value,
+            threshold,
+            tier.as_str()
+        );
         for (feature, _) in score.top.iter().take(3) {
             if !rec.rules.contains(feature) {
                 rec.rules.push(feature.clone());
@@ -165,7 +185,11 @@ fn custom_checks(
     let t = Instant::now();
     let mut by_rule: BTreeMap<&str, Vec<(usize, &Finding)>> = BTreeMap::new();
     for (i, report) in reports.iter().enumerate() {
-        for f in report.findings.iter().filter(|f| f.category == Category::Custom) {
+        for f in report
+            .findings
+            .iter()
+            .filter(|f| f.category == Category::Custom)
+        {
             by_rule.entry(f.rule.as_str()).or_default().push((i, f));
         }
     }
@@ -175,7 +199,8 @@ fn custom_checks(
             .custom
             .or_else(|| snapshot.custom_actions.get(id).copied())
             .unwrap_or(Action::Flag);
-        let mut rec = CheckRecord::new(rule, action.into()).reason(format!("{} match(es)", found.len()));
+        let mut rec =
+            CheckRecord::new(rule, action.into()).reason(format!("{} match(es)", found.len()));
         rec.rules.push(rule.to_string());
         if action == Action::Redact {
             for (i, f) in found {
@@ -200,21 +225,29 @@ fn tool_call_check(
     }
     let t = Instant::now();
     let Some(action) = actions.tool_calls else {
-        out.checks.push(CheckRecord::new("tool_calls", CheckVerdict::Skipped).reason("not enabled on this route"));
+        out.checks.push(
+            CheckRecord::new("tool_calls", CheckVerdict::Skipped)
+                .reason("not enabled on this route"),
+        );
         return;
     };
     let mut rec = CheckRecord::new("tool_calls", CheckVerdict::Pass);
     let mut reasons = Vec::new();
     for (piece, report) in pieces.iter().zip(reports).filter(|(p, _)| p.tool_call) {
         for f in &report.findings {
-            if matches!(f.category, Category::Secrets | Category::Pii) && !rec.rules.contains(&f.rule) {
+            if matches!(f.category, Category::Secrets | Category::Pii)
+                && !rec.rules.contains(&f.rule)
+            {
                 rec.rules.push(f.rule.clone());
                 reasons.push(format!("{} in arguments", f.rule));
             }
         }
         if report.injection.value >= route.injection.get(Tier::ToolResult) {
             rec.rules.push("injection".into());
-            reasons.push(format!("injection score {:.2} in arguments", report.injection.value));
+            reasons.push(format!(
+                "injection score {:.2} in arguments",
+                report.injection.value
+            ));
         }
         for host in url_hosts(piece.text) {
             if !snapshot.tool_host_allowed(host) {
@@ -237,7 +270,8 @@ fn tool_call_check(
 
 /// Hosts of the http(s) URLs in a text.
 pub fn url_hosts(text: &str) -> impl Iterator<Item = &str> {
-    let lower_starts = |s: &str, p: &str| s.len() >= p.len() && s[..p.len()].eq_ignore_ascii_case(p);
+    let lower_starts =
+        |s: &str, p: &str| s.len() >= p.len() && s[..p.len()].eq_ignore_ascii_case(p);
     let mut rest = text;
     std::iter::from_fn(move || {
         loop {
@@ -253,7 +287,9 @@ pub fn url_hosts(text: &str) -> impl Iterator<Item = &str> {
             };
             let after = &tail[skip..];
             let end = after
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '@' || c == ':'))
+                .find(|c: char| {
+                    !(c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '@' || c == ':')
+                })
                 .unwrap_or(after.len());
             let authority = &after[..end];
             rest = &after[end..];
@@ -272,7 +308,10 @@ mod tests {
 
     #[test]
     fn finds_url_hosts() {
-        let hosts: Vec<_> = url_hosts("fetch https://evil.example.com/x?y and HTTP://user@10.0.0.1:8080/ and http:// end").collect();
+        let hosts: Vec<_> = url_hosts(
+            "fetch https://evil.example.com/x?y and HTTP://user@10.0.0.1:8080/ and http:// end",
+        )
+        .collect();
         assert_eq!(hosts, vec!["evil.example.com", "10.0.0.1"]);
     }
 }

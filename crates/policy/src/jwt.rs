@@ -74,7 +74,9 @@ impl JwtRefusal {
 }
 
 /// Parses a JWKS document into decoding keys, keeping only RS256, ES256 and EdDSA keys.
-pub(crate) fn parse_jwks(text: &str) -> Result<Vec<(Option<String>, Algorithm, DecodingKey)>, String> {
+pub(crate) fn parse_jwks(
+    text: &str,
+) -> Result<Vec<(Option<String>, Algorithm, DecodingKey)>, String> {
     let set: JwkSet = serde_json::from_str(text).map_err(|e| format!("invalid JWKS: {e}"))?;
     let mut out = Vec::new();
     for jwk in &set.keys {
@@ -127,14 +129,18 @@ pub fn looks_like_jwt(token: &str) -> bool {
 /// Verifies a token against the issuers and maps its claims to an identity.
 pub fn verify(issuers: &[JwtIssuer], token: &str) -> Result<Identity, JwtRefusal> {
     let header = jsonwebtoken::decode_header(token).map_err(|_| JwtRefusal::Malformed)?;
-    if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256 | Algorithm::EdDSA) {
+    if !matches!(
+        header.alg,
+        Algorithm::RS256 | Algorithm::ES256 | Algorithm::EdDSA
+    ) {
         return Err(JwtRefusal::UnsupportedAlgorithm);
     }
     let mut best = JwtRefusal::UnknownIssuer;
     for issuer in issuers {
-        let candidates = issuer.keys.iter().filter(|k| {
-            k.alg == header.alg && (header.kid.is_none() || k.kid == header.kid)
-        });
+        let candidates = issuer
+            .keys
+            .iter()
+            .filter(|k| k.alg == header.alg && (header.kid.is_none() || k.kid == header.kid));
         for key in candidates {
             let mut v = Validation::new(header.alg);
             v.set_issuer(&[&issuer.issuer]);

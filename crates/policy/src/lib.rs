@@ -14,10 +14,18 @@ pub mod raw;
 mod snapshot;
 mod source;
 
-pub use compile::{CompileOptions, DEFAULT_MAX_BODY_BYTES, compile_sources, compile_str, hash_key, parse_hash};
-pub use decide::{CheckDecision, CredentialHeader, Denial, MAX_CREDENTIAL_BYTES, ROUTE_CONTEXT_KEY, credential, decide, match_route};
+pub use compile::{
+    CompileOptions, DEFAULT_MAX_BODY_BYTES, compile_sources, compile_str, hash_key, parse_hash,
+};
+pub use decide::{
+    CheckDecision, CredentialHeader, Denial, MAX_CREDENTIAL_BYTES, ROUTE_CONTEXT_KEY, credential,
+    decide, match_route,
+};
 pub use inspect::{Direction, Inspection, Piece, inspect, url_hosts};
-pub use snapshot::{Actions, AllowRule, Format, Key, Matcher, ModelScope, Provider, RateLimit, Route, Secret, Snapshot, TierThresholds};
+pub use snapshot::{
+    Actions, AllowRule, Format, Key, Matcher, ModelScope, Provider, RateLimit, Route, Secret,
+    Snapshot, TierThresholds,
+};
 pub use source::{MAX_FILE_BYTES, Problem, SourceFile, read_sources};
 
 use std::path::Path;

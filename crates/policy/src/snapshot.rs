@@ -61,7 +61,10 @@ impl ModelScope {
     /// patterns match nothing, so a bad hand-over narrows access rather than widening it.
     pub fn from_patterns(patterns: &[String]) -> Self {
         if patterns.is_empty() {
-            return ModelScope { patterns: Vec::new(), set: None };
+            return ModelScope {
+                patterns: Vec::new(),
+                set: None,
+            };
         }
         let mut b = globset::GlobSetBuilder::new();
         for p in patterns {
@@ -70,7 +73,10 @@ impl ModelScope {
             }
         }
         let set = b.build().unwrap_or_else(|_| GlobSet::empty());
-        ModelScope { patterns: patterns.to_vec(), set: Some(Arc::new(set)) }
+        ModelScope {
+            patterns: patterns.to_vec(),
+            set: Some(Arc::new(set)),
+        }
     }
 
     /// True when the scope allows `model` (an empty scope allows any).

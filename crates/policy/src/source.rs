@@ -351,7 +351,9 @@ fn parse_detectors(parsed: &mut Parsed, loc: &Loc, v: Value, problems: &mut Vec<
             "jailbreak" => parsed.bundle.detectors.jailbreak = item(parsed, &sloc, value, problems),
             "pii" => parsed.bundle.detectors.pii = item(parsed, &sloc, value, problems),
             "secrets" => parsed.bundle.detectors.secrets = item(parsed, &sloc, value, problems),
-            "tool_calls" => parsed.bundle.detectors.tool_calls = item(parsed, &sloc, value, problems),
+            "tool_calls" => {
+                parsed.bundle.detectors.tool_calls = item(parsed, &sloc, value, problems)
+            }
             "redaction_key" => {
                 parsed.bundle.detectors.redaction_key = item(parsed, &sloc, value, problems)
             }

@@ -16,7 +16,12 @@ use tokio::sync::watch;
 
 use crate::store::Store;
 
-pub async fn serve(listener: TcpListener, store: Arc<Store>, metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -26,12 +31,18 @@ pub async fn serve(listener: TcpListener, store: Arc<Store>, metrics: Arc<Metric
         let (store, metrics) = (store.clone(), metrics.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req| handle(req, store.clone(), metrics.clone()));
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }
 
-async fn handle(req: Request<Incoming>, store: Arc<Store>, metrics: Arc<Metrics>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let reply = |status: StatusCode, ctype: &str, body: String| {
         Response::builder()
             .status(status)
@@ -51,16 +62,32 @@ async fn handle(req: Request<Incoming>, store: Arc<Store>, metrics: Arc<Metrics>
             });
             reply(StatusCode::OK, "application/json", body.to_string())
         }
-        (&Method::GET, "/metrics") => reply(StatusCode::OK, "text/plain; version=0.0.4", metrics.render()),
+        (&Method::GET, "/metrics") => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            metrics.render(),
+        ),
         (&Method::POST, "/reload") => {
             let result = tokio::task::spawn_blocking(move || store.reload()).await;
             match result {
-                Ok(Ok(summary)) => reply(StatusCode::OK, "application/json", serde_json::json!({"status": "ok", "summary": summary}).to_string()),
+                Ok(Ok(summary)) => reply(
+                    StatusCode::OK,
+                    "application/json",
+                    serde_json::json!({"status": "ok", "summary": summary}).to_string(),
+                ),
                 Ok(Err(problems)) => {
                     let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
-                    reply(StatusCode::UNPROCESSABLE_ENTITY, "application/json", serde_json::json!({"status": "refused", "problems": list}).to_string())
+                    reply(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "application/json",
+                        serde_json::json!({"status": "refused", "problems": list}).to_string(),
+                    )
                 }
-                Err(_) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "reload task failed\n".into()),
+                Err(_) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    "reload task failed\n".into(),
+                ),
             }
         }
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),

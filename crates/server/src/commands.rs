@@ -34,7 +34,12 @@ pub enum KeysCommand {
 pub fn validate(paths: &[PathBuf], resolve: bool) -> ExitCode {
     let mut ok = true;
     for path in paths {
-        match load(path, CompileOptions { read_external: resolve }) {
+        match load(
+            path,
+            CompileOptions {
+                read_external: resolve,
+            },
+        ) {
             Ok(snap) => println!("{}: ok: {}", path.display(), snap.summary()),
             Err(problems) => {
                 ok = false;
@@ -45,15 +50,37 @@ pub fn validate(paths: &[PathBuf], resolve: bool) -> ExitCode {
             }
         }
     }
-    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 pub fn keys(cmd: KeysCommand) -> ExitCode {
-    let KeysCommand::New { id, team, env, app, providers, models } = cmd;
+    let KeysCommand::New {
+        id,
+        team,
+        env,
+        app,
+        providers,
+        models,
+    } = cmd;
     let bytes: [u8; 32] = rand::random();
-    let key = format!("lgk_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes));
+    let key = format!(
+        "lgk_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    );
     let hash = hex_hash(&key);
-    let list = |v: &[String]| format!("[{}]", v.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", "));
+    let list = |v: &[String]| {
+        format!(
+            "[{}]",
+            v.iter()
+                .map(|s| format!("{s:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
     println!("# The key, shown once. Hand it to the caller; Lifeguard stores only its hash.");
     println!("{key}");
     println!();
@@ -96,7 +123,12 @@ fn post() -> String {
 }
 
 pub fn explain(bundle: &Path, request: &Path) -> ExitCode {
-    let snap = match load(bundle, CompileOptions { read_external: false }) {
+    let snap = match load(
+        bundle,
+        CompileOptions {
+            read_external: false,
+        },
+    ) {
         Ok(s) => s,
         Err(problems) => {
             for p in &problems {
@@ -118,7 +150,11 @@ pub fn explain(bundle: &Path, request: &Path) -> ExitCode {
     let facts = RequestFacts {
         method: req.method,
         path: req.path,
-        headers: req.headers.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect(),
+        headers: req
+            .headers
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect(),
         context: req.context,
     };
     let d = decide(&snap, &facts, jiff::Timestamp::now());
@@ -129,18 +165,39 @@ pub fn explain(bundle: &Path, request: &Path) -> ExitCode {
     };
     println!("decision: {verdict}");
     println!("bundle:   {} ({})", snap.bundle.name, snap.bundle.hash);
-    println!("route:    {}", d.route.map(|r| r.name.as_str()).unwrap_or("-"));
+    println!(
+        "route:    {}",
+        d.route.map(|r| r.name.as_str()).unwrap_or("-")
+    );
     if let Some(id) = &d.identity {
-        println!("identity: {} (team {:?}, env {:?}, app {:?})", id.id, id.team, id.env, id.app);
+        println!(
+            "identity: {} (team {:?}, env {:?}, app {:?})",
+            id.id, id.team, id.env, id.app
+        );
     }
     println!("mode:     {:?}, failure: {:?}", d.mode, d.failure);
     println!("checks:");
     for c in &d.checks {
-        let rules = if c.rules.is_empty() { String::new() } else { format!(" [{}]", c.rules.join(", ")) };
-        println!("  {:<10} {:<8} {:>8.1}µs  {}{}", c.id, c.verdict.as_str(), c.latency_us, c.reason, rules);
+        let rules = if c.rules.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", c.rules.join(", "))
+        };
+        println!(
+            "  {:<10} {:<8} {:>8.1}µs  {}{}",
+            c.id,
+            c.verdict.as_str(),
+            c.latency_us,
+            c.reason,
+            rules
+        );
     }
     if d.key.and_then(|k| k.rate_limit).is_some() {
         println!("  rate_limit (not evaluated offline: it depends on live traffic)");
     }
-    if d.enforced().is_some() { ExitCode::from(2) } else { ExitCode::SUCCESS }
+    if d.enforced().is_some() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    }
 }

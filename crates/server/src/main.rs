@@ -12,7 +12,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "lifeguard", version, about = "Secures LLM traffic behind Envoy: ext_authz + ext_proc")]
+#[command(
+    name = "lifeguard",
+    version,
+    about = "Secures LLM traffic behind Envoy: ext_authz + ext_proc"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use lifeguard_authz::{AuthorizationServer, AuthzService};
 use lifeguard_core::DecisionSink;
-use lifeguard_extproc::{ExternalProcessorServer, ExtProcService};
+use lifeguard_extproc::{ExtProcService, ExternalProcessorServer};
 use lifeguard_telemetry::{AuditLog, AuditTarget, Metrics, Telemetry};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -58,11 +58,18 @@ pub fn run(args: ServeArgs) -> ExitCode {
             for p in &problems {
                 eprintln!("{p}");
             }
-            eprintln!("lifeguard: refusing to start: {} problem(s) in {}", problems.len(), args.bundle.display());
+            eprintln!(
+                "lifeguard: refusing to start: {} problem(s) in {}",
+                problems.len(),
+                args.bundle.display()
+            );
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("lifeguard: cannot start the runtime: {e}");
@@ -81,7 +88,9 @@ pub fn run(args: ServeArgs) -> ExitCode {
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LIFEGUARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -102,16 +111,26 @@ async fn serve(args: ServeArgs, first: lifeguard_policy::Snapshot) -> anyhow::Re
     tracing::info!(summary = %first.summary(), "bundle loaded");
     let store = Arc::new(Store::new(args.bundle.clone(), first, metrics.clone()));
 
-    let grpc = TcpListener::bind(args.grpc).await.with_context(|| format!("binding gRPC {}", args.grpc))?;
-    let admin_listener = TcpListener::bind(args.admin).await.with_context(|| format!("binding admin {}", args.admin))?;
+    let grpc = TcpListener::bind(args.grpc)
+        .await
+        .with_context(|| format!("binding gRPC {}", args.grpc))?;
+    let admin_listener = TcpListener::bind(args.admin)
+        .await
+        .with_context(|| format!("binding admin {}", args.admin))?;
     let grpc_addr = grpc.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<AuthorizationServer<AuthzService>>().await;
-    health.set_serving::<ExternalProcessorServer<ExtProcService>>().await;
-    health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+    health
+        .set_serving::<AuthorizationServer<AuthzService>>()
+        .await;
+    health
+        .set_serving::<ExternalProcessorServer<ExtProcService>>()
+        .await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
 
     let authz = AuthzService::new(store.current.clone(), sink.clone());
     let extproc = ExtProcService::new(store.current.clone(), sink.clone());
@@ -125,25 +144,39 @@ async fn serve(args: ServeArgs, first: lifeguard_policy::Snapshot) -> anyhow::Re
             let _ = stop_grpc.wait_for(|s| *s).await;
         });
     let grpc_task = tokio::spawn(grpc_server);
-    let admin_task = tokio::spawn(admin::serve(admin_listener, store.clone(), metrics.clone(), shutdown_rx.clone()));
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        store.clone(),
+        metrics.clone(),
+        shutdown_rx.clone(),
+    ));
 
     if let Some(path) = &args.ready_file {
-        let body = serde_json::json!({"grpc": grpc_addr.to_string(), "admin": admin_addr.to_string()}).to_string();
+        let body =
+            serde_json::json!({"grpc": grpc_addr.to_string(), "admin": admin_addr.to_string()})
+                .to_string();
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, body).and_then(|_| std::fs::rename(&tmp, path)).context("writing ready file")?;
+        std::fs::write(&tmp, body)
+            .and_then(|_| std::fs::rename(&tmp, path))
+            .context("writing ready file")?;
     }
     tracing::info!(%grpc_addr, %admin_addr, "lifeguard listening");
 
     wait_for_signals(store.clone()).await;
     tracing::info!("shutting down: draining in-flight requests");
-    health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
     let _ = shutdown_tx.send(true);
     let drain = Duration::from_secs(args.drain_seconds);
     match tokio::time::timeout(drain, grpc_task).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => tracing::warn!(error = %e, "gRPC server ended with an error"),
         Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server task failed"),
-        Err(_) => tracing::warn!(seconds = args.drain_seconds, "drain timed out; closing remaining streams"),
+        Err(_) => tracing::warn!(
+            seconds = args.drain_seconds,
+            "drain timed out; closing remaining streams"
+        ),
     }
     admin_task.abort();
     tracing::info!("stopped");

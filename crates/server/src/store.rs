@@ -22,7 +22,12 @@ pub struct Store {
 
 /// Loads a bundle as `serve` does: reading credentials and key files.
 pub fn load_for_serving(path: &Path) -> Result<Snapshot, Vec<Problem>> {
-    load(path, CompileOptions { read_external: true })
+    load(
+        path,
+        CompileOptions {
+            read_external: true,
+        },
+    )
 }
 
 impl Store {
@@ -67,7 +72,15 @@ impl Store {
 /// Gives a snapshot the next version number and records it as the bundle in force.
 fn stamp(generation: &AtomicU64, metrics: &Metrics, snap: &mut Snapshot) {
     snap.bundle.version = generation.fetch_add(1, Ordering::SeqCst) + 1;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
-    metrics.set_bundle(&snap.bundle.name, snap.bundle.version, &snap.bundle.hash, now);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    metrics.set_bundle(
+        &snap.bundle.name,
+        snap.bundle.version,
+        &snap.bundle.hash,
+        now,
+    );
     metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
 }

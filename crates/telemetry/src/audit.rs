@@ -29,7 +29,12 @@ impl AuditLog {
     pub fn start(target: AuditTarget, metrics: Arc<Metrics>) -> std::io::Result<Self> {
         let mut out: Box<dyn Write + Send> = match &target {
             AuditTarget::Stdout => Box::new(std::io::stdout()),
-            AuditTarget::File(p) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(p)?),
+            AuditTarget::File(p) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?,
+            ),
         };
         let (tx, rx) = sync_channel::<DecisionRecord>(QUEUE);
         std::thread::Builder::new()

@@ -8,9 +8,11 @@
 
 mod audit;
 mod metrics;
+pub mod otlp;
 
 pub use audit::{AuditLog, AuditTarget};
 pub use metrics::Metrics;
+pub use otlp::{OtlpConfig, OtlpError, OtlpExporter};
 
 use std::sync::Arc;
 

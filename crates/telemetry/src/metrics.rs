@@ -39,13 +39,19 @@ impl Metrics {
     pub fn observe(&self, d: &DecisionRecord) {
         {
             let mut m = self.decisions.lock();
-            *m.entry((d.phase.span_name().to_string(), d.verdict.as_str().to_string(), d.route.clone()))
-                .or_default() += 1;
+            *m.entry((
+                d.phase.span_name().to_string(),
+                d.verdict.as_str().to_string(),
+                d.route.clone(),
+            ))
+            .or_default() += 1;
         }
         let mut checks = self.checks.lock();
         let mut lat = self.check_latency.lock();
         for c in &d.checks {
-            *checks.entry((c.id.clone(), c.verdict.as_str().to_string())).or_default() += 1;
+            *checks
+                .entry((c.id.clone(), c.verdict.as_str().to_string()))
+                .or_default() += 1;
             let h = lat.entry(c.id.clone()).or_default();
             h.count += 1;
             h.sum += c.latency_us;
@@ -67,7 +73,10 @@ impl Metrics {
     /// Prometheus text format.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let _ = writeln!(out, "# HELP lifeguard_decisions_total Decisions by phase, verdict and route.");
+        let _ = writeln!(
+            out,
+            "# HELP lifeguard_decisions_total Decisions by phase, verdict and route."
+        );
         let _ = writeln!(out, "# TYPE lifeguard_decisions_total counter");
         for ((phase, verdict, route), n) in sorted(&self.decisions.lock()) {
             let _ = writeln!(
@@ -78,7 +87,10 @@ impl Metrics {
                 esc(&route)
             );
         }
-        let _ = writeln!(out, "# HELP lifeguard_checks_total Checks by id and verdict.");
+        let _ = writeln!(
+            out,
+            "# HELP lifeguard_checks_total Checks by id and verdict."
+        );
         let _ = writeln!(out, "# TYPE lifeguard_checks_total counter");
         for ((check, verdict), n) in sorted(&self.checks.lock()) {
             let _ = writeln!(
@@ -88,7 +100,10 @@ impl Metrics {
                 esc(&verdict)
             );
         }
-        let _ = writeln!(out, "# HELP lifeguard_check_latency_microseconds Time each check took.");
+        let _ = writeln!(
+            out,
+            "# HELP lifeguard_check_latency_microseconds Time each check took."
+        );
         let _ = writeln!(out, "# TYPE lifeguard_check_latency_microseconds histogram");
         let lat = self.check_latency.lock();
         let mut ids: Vec<_> = lat.keys().cloned().collect();
@@ -110,12 +125,25 @@ impl Metrics {
                 esc(&id),
                 h.count
             );
-            let _ = writeln!(out, "lifeguard_check_latency_microseconds_sum{{check=\"{}\"}} {}", esc(&id), h.sum);
-            let _ = writeln!(out, "lifeguard_check_latency_microseconds_count{{check=\"{}\"}} {}", esc(&id), h.count);
+            let _ = writeln!(
+                out,
+                "lifeguard_check_latency_microseconds_sum{{check=\"{}\"}} {}",
+                esc(&id),
+                h.sum
+            );
+            let _ = writeln!(
+                out,
+                "lifeguard_check_latency_microseconds_count{{check=\"{}\"}} {}",
+                esc(&id),
+                h.count
+            );
         }
         drop(lat);
         let (name, version, hash) = self.bundle.lock().clone();
-        let _ = writeln!(out, "# HELP lifeguard_bundle_info The policy bundle in force.");
+        let _ = writeln!(
+            out,
+            "# HELP lifeguard_bundle_info The policy bundle in force."
+        );
         let _ = writeln!(out, "# TYPE lifeguard_bundle_info gauge");
         let _ = writeln!(
             out,
@@ -124,12 +152,42 @@ impl Metrics {
             esc(&hash)
         );
         for (name, help, kind, v) in [
-            ("lifeguard_reloads_total{result=\"ok\"}", "Bundle loads by result.", "counter", &self.reloads_ok),
-            ("lifeguard_reloads_total{result=\"failed\"}", "", "", &self.reloads_failed),
-            ("lifeguard_last_reload_timestamp_seconds", "Unix time of the last good bundle load.", "gauge", &self.last_reload_unix),
-            ("lifeguard_spans_dropped_total", "Decision spans dropped because the exporter queue was full.", "counter", &self.spans_dropped),
-            ("lifeguard_audit_dropped_total", "Audit lines dropped because the writer queue was full.", "counter", &self.audit_dropped),
-            ("lifeguard_shadow_disagreements_total", "Decisions where the candidate bundle disagreed with the live one.", "counter", &self.shadow_disagreements),
+            (
+                "lifeguard_reloads_total{result=\"ok\"}",
+                "Bundle loads by result.",
+                "counter",
+                &self.reloads_ok,
+            ),
+            (
+                "lifeguard_reloads_total{result=\"failed\"}",
+                "",
+                "",
+                &self.reloads_failed,
+            ),
+            (
+                "lifeguard_last_reload_timestamp_seconds",
+                "Unix time of the last good bundle load.",
+                "gauge",
+                &self.last_reload_unix,
+            ),
+            (
+                "lifeguard_spans_dropped_total",
+                "Decision spans dropped because the exporter queue was full.",
+                "counter",
+                &self.spans_dropped,
+            ),
+            (
+                "lifeguard_audit_dropped_total",
+                "Audit lines dropped because the writer queue was full.",
+                "counter",
+                &self.audit_dropped,
+            ),
+            (
+                "lifeguard_shadow_disagreements_total",
+                "Decisions where the candidate bundle disagreed with the live one.",
+                "counter",
+                &self.shadow_disagreements,
+            ),
         ] {
             let family = name.split('{').next().unwrap_or(name);
             if !help.is_empty() {
@@ -150,5 +208,7 @@ fn sorted<K: Clone + Ord, V: Copy>(m: &HashMap<K, V>) -> Vec<(K, V)> {
 
 /// Escapes a Prometheus label value.
 fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

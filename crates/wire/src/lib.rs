@@ -26,8 +26,16 @@ pub fn set_header(key: &str, value: &str, raw: bool) -> HeaderValueOption {
     HeaderValueOption {
         header: Some(HeaderValue {
             key: key.to_string(),
-            value: if raw { String::new() } else { value.to_string() },
-            raw_value: if raw { value.as_bytes().to_vec() } else { Vec::new() },
+            value: if raw {
+                String::new()
+            } else {
+                value.to_string()
+            },
+            raw_value: if raw {
+                value.as_bytes().to_vec()
+            } else {
+                Vec::new()
+            },
         }),
         append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
         ..Default::default()
@@ -176,7 +184,8 @@ mod tests {
 
     #[test]
     fn error_body_is_openai_shaped() {
-        let v: serde_json::Value = serde_json::from_str(&error_body("no", "permission_error", "x", "d")).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&error_body("no", "permission_error", "x", "d")).unwrap();
         assert_eq!(v["error"]["code"], "x");
         assert_eq!(v["error"]["decision_id"], "d");
         assert_eq!(v["error"]["type"], "permission_error");
