@@ -314,7 +314,7 @@ impl<'s> Exchange<'s> {
             Ok(v) => v,
             Err(e) => {
                 let rec = CheckRecord::new("parse", CheckVerdict::Error)
-                    .reason(format!("body is not valid JSON: {}", e.classify_name()));
+                    .reason(format!("body is not valid JSON ({:?} at line {}, column {})", e.classify(), e.line(), e.column()));
                 return self.unreadable_request(
                     rec,
                     400,

@@ -187,21 +187,22 @@ impl Compiler<'_> {
     }
 
     fn credential(&mut self, cred: &RawCredential, loc: &Loc, sub: &str) -> Option<Secret> {
-        let value = match cred {
-            RawCredential::Env(var) => match std::env::var(var) {
+        let value = match (&cred.env, &cred.file) {
+            (Some(var), None) => match std::env::var(var) {
                 Ok(v) => v,
                 Err(_) => {
                     self.err(loc, sub, format!("environment variable {var} is not set"));
                     return None;
                 }
             },
-            RawCredential::File(path) => match std::fs::read_to_string(path) {
+            (None, Some(path)) => match std::fs::read_to_string(path) {
                 Ok(v) => v.trim().to_string(),
                 Err(e) => {
                     self.err(loc, sub, format!("cannot read credential file {path}: {e}"));
                     return None;
                 }
             },
+            _ => return None,
         };
         if value.is_empty() {
             self.err(loc, sub, "credential is empty");
@@ -210,11 +211,19 @@ impl Compiler<'_> {
         Some(Secret(value))
     }
 
+    /// A credential names exactly one source; checked even when credentials are not read.
+    fn credential_shape(&mut self, cred: &RawCredential, loc: &Loc, sub: &str) {
+        if cred.env.is_some() == cred.file.is_some() {
+            self.err(loc, sub, "set exactly one of `env` and `file`");
+        }
+    }
+
     fn providers(&mut self) -> Vec<Provider> {
         let mut out = Vec::new();
         for (name, raw) in &self.p.bundle.providers {
             let loc = self.p.providers.get(name).cloned().unwrap_or_default();
             let models = self.model_scope(&raw.models, &loc, "models");
+            self.credential_shape(&raw.credential, &loc, "credential");
             let header = raw.header.to_ascii_lowercase();
             if header.is_empty()
                 || !header

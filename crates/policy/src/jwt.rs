@@ -84,8 +84,8 @@ pub(crate) fn parse_jwks(
             AlgorithmParameters::RSA(_) => Algorithm::RS256,
             AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
             AlgorithmParameters::OctetKeyPair(_) => Algorithm::EdDSA,
-            // Shared-secret keys do not belong in a published key set.
-            AlgorithmParameters::OctetKey(_) => continue,
+            // Shared-secret keys do not belong in a published key set; unknown kinds are skipped.
+            _ => continue,
         };
         let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("invalid key in JWKS: {e}"))?;
         out.push((jwk.common.key_id.clone(), alg, key));

@@ -69,13 +69,16 @@ pub struct RawProvider {
     pub models: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, rename_all = "lowercase")]
-pub enum RawCredential {
+/// Where a secret comes from: set exactly one of `env` and `file`.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawCredential {
     /// Name of an environment variable of the Lifeguard process.
-    Env(String),
+    #[serde(default)]
+    pub env: Option<String>,
     /// Path of a file (e.g. a mounted Kubernetes Secret); surrounding whitespace is trimmed.
-    File(String),
+    #[serde(default)]
+    pub file: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]

@@ -11,7 +11,7 @@ use clap::{Args, ValueEnum};
 use lifeguard_authz::{AuthorizationServer, AuthzService};
 use lifeguard_core::DecisionSink;
 use lifeguard_extproc::{ExtProcService, ExternalProcessorServer};
-use lifeguard_telemetry::{AuditLog, AuditTarget, Metrics, Telemetry};
+use lifeguard_telemetry::{AuditLog, AuditTarget, Metrics, OtlpExporter, Telemetry};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -107,7 +107,14 @@ async fn serve(args: ServeArgs, first: lifeguard_policy::Snapshot) -> anyhow::Re
                 .with_context(|| format!("opening audit log {path}"))?,
         ),
     };
-    let sink: Arc<dyn DecisionSink> = Arc::new(Telemetry::new(metrics.clone(), audit));
+    // Spans go to OTEL_EXPORTER_OTLP_ENDPOINT when it is set; decisions always reach metrics and the audit log.
+    let otlp = OtlpExporter::from_env(metrics.clone()).context("configuring the OTLP exporter")?;
+    match &otlp {
+        Some(_) => tracing::info!("exporting decision spans over OTLP"),
+        None => tracing::info!("no OTLP endpoint set: decisions go to metrics and the audit log"),
+    }
+    let telemetry = Arc::new(Telemetry::new(metrics.clone(), audit, otlp));
+    let sink: Arc<dyn DecisionSink> = telemetry.clone();
     tracing::info!(summary = %first.summary(), "bundle loaded");
     let store = Arc::new(Store::new(args.bundle.clone(), first, metrics.clone()));
 
@@ -179,6 +186,7 @@ async fn serve(args: ServeArgs, first: lifeguard_policy::Snapshot) -> anyhow::Re
         ),
     }
     admin_task.abort();
+    telemetry.shutdown(Duration::from_secs(2)).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -22,17 +22,28 @@ use lifeguard_core::{DecisionRecord, DecisionSink};
 pub struct Telemetry {
     pub metrics: Arc<Metrics>,
     audit: Option<AuditLog>,
+    otlp: Option<OtlpExporter>,
 }
 
 impl Telemetry {
-    pub fn new(metrics: Arc<Metrics>, audit: Option<AuditLog>) -> Self {
-        Telemetry { metrics, audit }
+    pub fn new(metrics: Arc<Metrics>, audit: Option<AuditLog>, otlp: Option<OtlpExporter>) -> Self {
+        Telemetry { metrics, audit, otlp }
+    }
+
+    /// Flushes spans still queued (on shutdown), waiting at most `timeout`.
+    pub async fn shutdown(&self, timeout: std::time::Duration) {
+        if let Some(otlp) = &self.otlp {
+            let _ = otlp.shutdown(timeout).await;
+        }
     }
 }
 
 impl DecisionSink for Telemetry {
     fn record(&self, decision: DecisionRecord) {
         self.metrics.observe(&decision);
+        if let Some(otlp) = &self.otlp {
+            otlp.export(&decision);
+        }
         if let Some(audit) = &self.audit {
             audit.write(decision);
         }

@@ -26,7 +26,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{
     IdGenerator, RandomIdGenerator, SpanData, SpanEvents, SpanExporter, SpanLinks,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::Metrics;
@@ -192,6 +192,8 @@ enum Control {
 pub struct OtlpExporter {
     records: mpsc::UnboundedSender<DecisionRecord>,
     control: mpsc::UnboundedSender<Control>,
+    /// The shutdown deadline, seen by an export call already in flight so it stops waiting in time.
+    stop: watch::Sender<Option<Instant>>,
     shared: Arc<Shared>,
 }
 
@@ -228,10 +230,12 @@ impl OtlpExporter {
         });
         let (records, records_rx) = mpsc::unbounded_channel();
         let (control, control_rx) = mpsc::unbounded_channel();
+        let (stop, stop_rx) = watch::channel(None);
         let worker = Worker {
             exporter,
             records: records_rx,
             control: control_rx,
+            stop: stop_rx,
             shared: Arc::clone(&shared),
             ids: RandomIdGenerator::default(),
             scope: InstrumentationScope::builder("lifeguard")
@@ -246,6 +250,7 @@ impl OtlpExporter {
         Ok(OtlpExporter {
             records,
             control,
+            stop,
             shared,
         })
     }
@@ -306,12 +311,18 @@ impl OtlpExporter {
         .await
     }
 
-    /// Exports everything queued so far and stops the background task; spans still unsent at `timeout` are
-    /// dropped and counted, and later [`OtlpExporter::export`] calls only count drops. Returns within `timeout`
-    /// plus a fraction of a second, or `Err(Timeout)` when a single export call outlived it (the
-    /// task then finishes in the background). Calling it again is a no-op.
+    /// Exports everything queued so far and stops the background task; spans still unsent at `timeout` (an
+    /// export call in flight included) are dropped and counted, and later [`OtlpExporter::export`] calls only
+    /// count drops. Returns within `timeout` plus a fraction of a second. Calling it again is a no-op.
     pub async fn shutdown(&self, timeout: Duration) -> Result<(), OtlpError> {
         let deadline = Instant::now() + timeout;
+        self.stop.send_if_modified(|stop| {
+            let earlier = stop.is_none_or(|at| deadline < at);
+            if earlier {
+                *stop = Some(deadline);
+            }
+            earlier
+        });
         let (reply, answer) = oneshot::channel();
         self.call(
             Control::Shutdown { deadline, reply },
@@ -377,6 +388,7 @@ struct Worker {
     exporter: opentelemetry_otlp::SpanExporter,
     records: mpsc::UnboundedReceiver<DecisionRecord>,
     control: mpsc::UnboundedReceiver<Control>,
+    stop: watch::Receiver<Option<Instant>>,
     shared: Arc<Shared>,
     ids: RandomIdGenerator,
     scope: InstrumentationScope,
@@ -491,9 +503,25 @@ impl Worker {
         }
     }
 
+    /// One export call, abandoned at `deadline` or at the shutdown deadline, whichever comes first.
     async fn export_chunk(&self, chunk: Vec<SpanData>, deadline: Instant) {
         let n = chunk.len();
-        match tokio::time::timeout_at(deadline, self.exporter.export(chunk)).await {
+        let mut stop = self.stop.clone();
+        let export = self.exporter.export(chunk);
+        tokio::pin!(export);
+        let result = loop {
+            let limit = stop
+                .borrow_and_update()
+                .map_or(deadline, |at| at.min(deadline));
+            tokio::select! {
+                result = tokio::time::timeout_at(limit, export.as_mut()) => break result,
+                changed = stop.changed() => if changed.is_err() {
+                    // The exporter is gone; no shutdown deadline will come.
+                    break tokio::time::timeout_at(limit, export.as_mut()).await;
+                },
+            }
+        };
+        match result {
             Ok(Ok(())) => {
                 self.shared.exported.fetch_add(n as u64, Ordering::Relaxed);
             }
