@@ -171,7 +171,20 @@ impl<'s> Exchange<'s> {
                 }
                 Ok(self.response_headers(h))
             }
+            // A local reply from an earlier filter (an ext_authz denial) or after our own refusal: nothing of
+            // ours to inspect, so let it through untouched and ask for no body.
+            (Stage::Start | Stage::Done, Some(Msg::ResponseHeaders(_))) => {
+                self.stage = Stage::Done;
+                let mut resp = answer(Answer::ResponseHeaders(HeadersResponse::default()));
+                resp.mode_override = Some(ProcessingMode {
+                    response_body_mode: BodySendMode::None as i32,
+                    response_trailer_mode: HeaderSendMode::Skip as i32,
+                    ..Default::default()
+                });
+                Ok(resp)
+            }
             (Stage::ResponseBody, Some(Msg::ResponseBody(b))) => Ok(self.response_body(b)),
+            (Stage::Done, Some(Msg::ResponseBody(_))) => Ok(answer(Answer::ResponseBody(BodyResponse::default()))),
             (_, Some(Msg::RequestTrailers(_))) => {
                 Ok(answer(Answer::RequestTrailers(TrailersResponse::default())))
             }
