@@ -22,7 +22,7 @@ use envoy_types::pb::envoy::service::auth::v3::{
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use lifeguard_core::{
-    CheckRecord, CheckVerdict, DecisionRecord, DecisionSink, Mode, Phase, RequestFacts, Verdict,
+    CheckRecord, CheckVerdict, DecisionRecord, DecisionSink, Mode, Phase, RequestFacts, ShadowOutcome, Verdict,
     decision_id,
 };
 use lifeguard_policy::{CheckDecision, Denial, Snapshot, decide};
@@ -61,8 +61,19 @@ impl AuthzService {
             .map(|d| d.as_nanos())
             .unwrap_or_default();
         let snapshot = self.snapshots.load();
-        let mut decision = decide(&snapshot, facts, jiff::Timestamp::now());
+        let now = jiff::Timestamp::now();
+        let mut decision = decide(&snapshot, facts, now);
         self.rate_limit(&mut decision, started);
+        // A candidate bundle is decided beside the live one, never enforced; disagreements are recorded.
+        let shadow = snapshot.candidate.as_ref().map(|candidate| {
+            let theirs = decide(candidate, facts, now).denial.is_some();
+            let ours = decision.denial.is_some();
+            ShadowOutcome {
+                bundle: candidate.bundle.clone(),
+                verdict: if theirs { Verdict::Deny } else { Verdict::Allow },
+                agrees: theirs == ours,
+            }
+        });
         let id = decision_id(rand::random::<u128>());
         let response = respond(&snapshot, &decision, &id);
         let identity = decision.identity.clone().unwrap_or_default();
@@ -97,7 +108,7 @@ impl AuthzService {
             traceparent: facts.headers.get("traceparent").cloned(),
             start_unix_nanos,
             duration_us: started.elapsed().as_secs_f64() * 1e6,
-            shadow: None,
+            shadow,
         };
         (response, record)
     }
@@ -281,8 +292,18 @@ impl Authorization for AuthzService {
         &self,
         request: tonic::Request<CheckRequest>,
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        // Envoy's span for this ext_authz call travels in the gRPC metadata; prefer it to the request's own
+        // header so the decision sits under Envoy's span.
+        let traceparent = request
+            .metadata()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let facts = facts_from_check(request.into_inner());
-        let (response, record) = AuthzService::check(self, &facts);
+        let (response, mut record) = AuthzService::check(self, &facts);
+        if traceparent.is_some() {
+            record.traceparent = traceparent;
+        }
         self.sink.record(record);
         Ok(tonic::Response::new(response))
     }

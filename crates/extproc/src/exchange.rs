@@ -20,7 +20,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use lifeguard_core::{
     Action, Category, CheckRecord, CheckVerdict, DecisionRecord, FailureMode, Finding, Mode, Phase,
-    RequestFacts, Verdict, decision_id,
+    RequestFacts, ShadowOutcome, Verdict, decision_id,
 };
 use lifeguard_detect::redact;
 use lifeguard_policy::{Direction, Piece, Route, Snapshot, inspect, match_route};
@@ -123,14 +123,15 @@ fn answer(a: Answer) -> ProcessingResponse {
 }
 
 impl<'s> Exchange<'s> {
-    pub fn new(snap: &'s Snapshot) -> Self {
+    /// `traceparent`: Envoy's span for this ext_proc stream (gRPC metadata), when tracing is on.
+    pub fn new(snap: &'s Snapshot, traceparent: Option<String>) -> Self {
         Exchange {
             snap,
             stage: Stage::Start,
             route: None,
             handover: Handover::default(),
             id: String::new(),
-            traceparent: None,
+            traceparent,
             mode: snap.mode,
             failure: snap.failure,
             model: String::new(),
@@ -203,7 +204,9 @@ impl<'s> Exchange<'s> {
 
     fn request_headers(&mut self, h: HttpHeaders) -> ProcessingResponse {
         let headers = headers_of(&h.headers);
-        self.traceparent = headers.get("traceparent").cloned();
+        if self.traceparent.is_none() {
+            self.traceparent = headers.get("traceparent").cloned();
+        }
         self.id = if self.handover.decision_id.is_empty() {
             decision_id(rand::random::<u128>())
         } else {
@@ -387,8 +390,18 @@ impl<'s> Exchange<'s> {
                 _ => (Verdict::Allow, None, String::new()),
             }
         };
+        let shadow = self.snap.candidate.as_ref().and_then(|candidate| {
+            let theirs = candidate.route_by_name(&route.name)?;
+            let blocked = inspect(candidate, theirs, Direction::Request, &pieces).blocked_by.is_some();
+            let ours = found.blocked_by.is_some() || model_denial.is_some();
+            Some(ShadowOutcome {
+                bundle: candidate.bundle.clone(),
+                verdict: if blocked { Verdict::Deny } else { Verdict::Allow },
+                agrees: blocked == ours,
+            })
+        });
         let enforce = self.mode == Mode::Enforce;
-        let record = self.record(
+        let mut record = self.record(
             Phase::Request,
             if enforce { verdict } else { Verdict::Allow },
             (!enforce && verdict != Verdict::Allow).then_some(verdict),
@@ -398,6 +411,7 @@ impl<'s> Exchange<'s> {
             started,
             start_nanos,
         );
+        record.shadow = shadow;
         self.request_record = Some(record);
         if !enforce {
             return answer(Answer::RequestBody(BodyResponse::default()));

@@ -48,13 +48,18 @@ impl ExternalProcessor for ExtProcService {
         &self,
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<Self::ProcessStream>, Status> {
+        let traceparent = request
+            .metadata()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(4);
         // One snapshot for the whole stream, request and response alike, even if a reload lands meanwhile.
         let snapshot = self.snapshots.load_full();
         let sink = self.sink.clone();
         tokio::spawn(async move {
-            let mut exchange = Exchange::new(&snapshot);
+            let mut exchange = Exchange::new(&snapshot, traceparent);
             loop {
                 let msg = match inbound.message().await {
                     Ok(Some(m)) => m,

@@ -31,12 +31,7 @@ pub fn compile_sources(
     opts: CompileOptions,
 ) -> Result<Snapshot, Vec<Problem>> {
     let (parsed, mut problems) = parse(sources);
-    let mut hasher = Sha256::new();
-    for s in sources {
-        hasher.update((s.text.len() as u64).to_le_bytes());
-        hasher.update(s.text.as_bytes());
-    }
-    let hash = hex::encode(&hasher.finalize()[..8]);
+    let hash = bundle_hash(sources);
     let mut c = Compiler {
         p: &parsed,
         problems: Vec::new(),
@@ -49,6 +44,16 @@ pub fn compile_sources(
         Some(s) if problems.is_empty() => Ok(s),
         _ => Err(problems),
     }
+}
+
+/// The content hash that names a bundle version: the first 16 hex digits of SHA-256 over its files' texts.
+pub fn bundle_hash(sources: &[SourceFile]) -> String {
+    let mut hasher = Sha256::new();
+    for s in sources {
+        hasher.update((s.text.len() as u64).to_le_bytes());
+        hasher.update(s.text.as_bytes());
+    }
+    hex::encode(&hasher.finalize()[..8])
 }
 
 /// Compiles one YAML text (named `name` in problems).
@@ -181,6 +186,8 @@ impl Compiler<'_> {
             custom_actions,
             tool_hosts,
             redaction_key,
+            candidate_path: raw.candidate.clone(),
+            candidate: None,
             keys,
             key_ids,
         })

@@ -30,10 +30,27 @@ pub use source::{MAX_FILE_BYTES, Problem, SourceFile, read_sources};
 
 use std::path::Path;
 
-/// Reads and compiles a bundle file or directory.
+/// Reads and compiles a bundle file or directory, and the candidate bundle it names (evaluated in shadow).
+/// A candidate that does not compile makes the bundle invalid: a rollout should not silently lose its shadow.
 pub fn load(path: &Path, opts: CompileOptions) -> Result<Snapshot, Vec<Problem>> {
     let sources = read_sources(path)?;
-    compile_sources(&sources, opts)
+    let mut snap = compile_sources(&sources, opts)?;
+    if let Some(rel) = snap.candidate_path.clone() {
+        let base = if path.is_dir() { path } else { path.parent().unwrap_or(Path::new(".")) };
+        let cpath = base.join(&rel);
+        let candidate = read_sources(&cpath).and_then(|s| compile_sources(&s, opts)).map_err(|problems| {
+            let mut out = vec![Problem {
+                file: sources.first().map(|s| s.name.clone()).unwrap_or_default(),
+                line: None,
+                path: "candidate".into(),
+                message: format!("candidate bundle {} is invalid ({} problem(s) below)", cpath.display(), problems.len()),
+            }];
+            out.extend(problems);
+            out
+        })?;
+        snap.candidate = Some(std::sync::Arc::new(candidate));
+    }
+    Ok(snap)
 }
 
 /// The JSON Schema of a bundle, generated from the raw types, for editors.

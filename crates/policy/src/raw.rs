@@ -29,6 +29,10 @@ pub struct RawBundle {
     pub routes: Vec<RawRoute>,
     #[serde(default)]
     pub detectors: RawDetectors,
+    /// A candidate bundle (path relative to this file) evaluated beside this one on real traffic, never
+    /// enforced: every disagreement is recorded and counted. How a stricter policy is rolled out safely.
+    #[serde(default)]
+    pub candidate: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]

@@ -220,6 +220,10 @@ pub struct Snapshot {
     /// Hosts tool-call URLs may name; empty means any.
     pub tool_hosts: Vec<String>,
     pub redaction_key: Option<Secret>,
+    /// The candidate bundle's path as written (relative to the bundle file), if one is named.
+    pub candidate_path: Option<String>,
+    /// The candidate bundle, evaluated in shadow beside this one (loaded by [`crate::load`]).
+    pub candidate: Option<Arc<Snapshot>>,
     pub(crate) keys: HashMap<[u8; 32], Key>,
     pub(crate) key_ids: HashMap<String, [u8; 32]>,
 }

@@ -292,11 +292,17 @@ pub fn parse(sources: &[SourceFile]) -> (Parsed, Vec<Problem>) {
                     p.routes.push(l);
                 }),
                 "detectors" => parse_detectors(&mut parsed, &loc, v, &mut problems),
+                "candidate" => {
+                    if let Some(c) = item::<String>(&parsed, &loc, v, &mut problems) {
+                        parsed.bundle.candidate = Some(c);
+                        parsed.sections.insert("candidate".into(), loc);
+                    }
+                }
                 other => problems.push(parsed.problem(
                     &loc,
                     "",
                     format!(
-                        "unknown field `{other}`, expected one of `version`, `name`, `defaults`, `providers`, `keys`, `jwt`, `routes`, `detectors`"
+                        "unknown field `{other}`, expected one of `version`, `name`, `defaults`, `providers`, `keys`, `jwt`, `routes`, `detectors`, `candidate`"
                     ),
                 )),
             }

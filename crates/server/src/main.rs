@@ -3,6 +3,7 @@
 
 mod admin;
 mod commands;
+mod diff;
 mod serve;
 mod store;
 
@@ -43,6 +44,18 @@ enum Command {
         #[arg(long)]
         request: PathBuf,
     },
+    /// Replay a corpus of requests (JSONL: method, path, headers, context, body) against two bundles and print
+    /// what changes: requests newly blocked or allowed, by route and check.
+    Diff {
+        #[arg(long)]
+        old: PathBuf,
+        #[arg(long)]
+        new: PathBuf,
+        #[arg(long)]
+        corpus: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Virtual keys.
     Keys {
         #[command(subcommand)]
@@ -59,6 +72,7 @@ fn main() -> ExitCode {
         Command::Validate { paths, resolve } => commands::validate(&paths, resolve),
         Command::Explain { bundle, request } => commands::explain(&bundle, &request),
         Command::Keys { command } => commands::keys(command),
+        Command::Diff { old, new, corpus, json } => diff::run(&old, &new, &corpus, json),
         Command::Schema => {
             println!("{:#}", lifeguard_policy::json_schema());
             ExitCode::SUCCESS

@@ -38,6 +38,9 @@ pub struct ServeArgs {
     /// Audit log of decisions: `stdout`, `none`, or a file path.
     #[arg(long, default_value = "stdout")]
     audit: String,
+    /// Do not watch the bundle for changes (reload only on SIGHUP or POST /reload).
+    #[arg(long)]
+    no_watch: bool,
     /// Longest wait for in-flight requests on SIGTERM.
     #[arg(long, default_value = "10")]
     drain_seconds: u64,
@@ -117,6 +120,8 @@ async fn serve(args: ServeArgs, first: lifeguard_policy::Snapshot) -> anyhow::Re
     let sink: Arc<dyn DecisionSink> = telemetry.clone();
     tracing::info!(summary = %first.summary(), "bundle loaded");
     let store = Arc::new(Store::new(args.bundle.clone(), first, metrics.clone()));
+    // Kept alive for the life of the server; dropping it stops watching.
+    let _watcher = if args.no_watch { None } else { crate::store::watch(store.clone()) };
 
     let grpc = TcpListener::bind(args.grpc)
         .await

@@ -48,7 +48,7 @@ impl Store {
         let _one = self.reloading.lock();
         match load_for_serving(&self.path) {
             Ok(snap) => {
-                if snap.bundle.hash == self.current.load().bundle.hash {
+                if identity(&snap) == identity(&self.current.load()) {
                     return Ok(format!("unchanged ({})", snap.bundle.hash));
                 }
                 let mut snap = snap;
@@ -83,4 +83,48 @@ fn stamp(generation: &AtomicU64, metrics: &Metrics, snap: &mut Snapshot) {
         now,
     );
     metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
+}
+
+/// What makes two loads the same version: the bundle's content hash and its candidate's.
+fn identity(s: &Snapshot) -> (String, Option<String>) {
+    (s.bundle.hash.clone(), s.candidate.as_ref().map(|c| c.bundle.hash.clone()))
+}
+
+/// Watches the bundle for changes and reloads. A file bundle is watched through its directory, so editors'
+/// atomic renames and a Kubernetes ConfigMap's `..data` symlink swap are seen; a burst of events is one reload.
+pub fn watch(store: Arc<Store>) -> Option<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let target = if store.path.is_dir() {
+        store.path.clone()
+    } else {
+        store.path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+    };
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let mut watcher = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if res.is_ok() {
+            let _ = tx.send(());
+        }
+    }) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the bundle; reload with SIGHUP or POST /reload");
+            return None;
+        }
+    };
+    if let Err(e) = watcher.watch(&target, RecursiveMode::NonRecursive) {
+        tracing::warn!(error = %e, path = %target.display(), "cannot watch the bundle; reload with SIGHUP or POST /reload");
+        return None;
+    }
+    std::thread::Builder::new()
+        .name("lifeguard-bundle-watch".into())
+        .spawn(move || {
+            while rx.recv().is_ok() {
+                // Let a burst of events (write, rename, symlink swap) settle, then reload once.
+                std::thread::sleep(std::time::Duration::from_millis(150));
+                while rx.try_recv().is_ok() {}
+                let _ = store.reload();
+            }
+        })
+        .ok()?;
+    Some(watcher)
 }
