@@ -136,6 +136,9 @@ fn fold_char(c: char, out: &mut impl FnMut(char)) {
             out('o');
             out('e');
         }
+        '\u{2018}' | '\u{2019}' | '\u{201A}' | '\u{201B}' | '\u{02BC}' | '\u{2032}' => out('\''),
+        '\u{201C}' | '\u{201D}' | '\u{201E}' | '\u{201F}' | '\u{00AB}' | '\u{00BB}' | '\u{2033}' => out('"'),
+        '\u{2010}'..='\u{2015}' | '\u{2212}' => out('-'),
         _ => decompose_compatible(c, |d| {
             if is_combining_mark(d) || is_ignorable(d) {
                 return;
