@@ -838,11 +838,13 @@ impl<'s> Exchange<'s> {
             return answer(Answer::ResponseBody(BodyResponse::default()));
         };
         let monitor = self.mode == Mode::Monitor;
-        let step = if end {
-            inspector.finish(&snap.scanner, &action_of, &tool_verdict)
-        } else {
-            inspector.push(&snap.scanner, &chunk, &action_of)
-        };
+        let mut step = inspector.push(&snap.scanner, &chunk, &action_of);
+        if end && step.blocked.is_none() {
+            // The last chunk carries data too: scan it, then close every channel.
+            let last = inspector.finish(&snap.scanner, &action_of, &tool_verdict);
+            step.out.extend(last.out);
+            step.blocked = last.blocked;
+        }
         let mut out = step.out;
         if let Some(f) = &step.blocked {
             let check = match f.category {

@@ -79,3 +79,6 @@ impl ExternalProcessor for ExtProcService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
+
+#[cfg(test)]
+mod tests;
