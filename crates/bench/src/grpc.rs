@@ -403,3 +403,27 @@ pub async fn serve_echo(listener: tokio::net::TcpListener) -> anyhow::Result<()>
         .await
         .context("echo server")
 }
+
+/// Whether the target rewrites a request body holding an e-mail address (is content inspection live?).
+pub async fn probe_redaction(addr: SocketAddr) -> anyhow::Result<bool> {
+    let conns = Connections::open(addr, 1).await?;
+    let x = Exchange {
+        request_body: workload::chat_body(4096, true),
+        response: ResponseBody::Json(workload::chat_answer(false)),
+        keys: 1,
+    };
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(x.request_headers(0)).await?;
+    let mut client = ExternalProcessorClient::new(conns.pick()).max_decoding_message_size(MAX_MESSAGE);
+    let mut inbound = client.process(ReceiverStream::new(rx)).await?.into_inner();
+    round(&tx, &mut inbound, None, "request_headers")
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let answer = round(&tx, &mut inbound, Some(body(&x.request_body, true, true)), "request_body")
+        .await
+        .map_err(anyhow::Error::msg)?;
+    Ok(matches!(
+        answer.response,
+        Some(Answer::RequestBody(BodyResponse { response: Some(ref c) })) if c.body_mutation.is_some()
+    ))
+}

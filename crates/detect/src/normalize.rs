@@ -38,6 +38,15 @@ impl Folded<'_> {
         }
     }
 
+    /// First folded byte whose original start (absolute) is at or after `abs`.
+    pub fn first_at_or_after(&self, abs: usize) -> usize {
+        let rel = abs.saturating_sub(self.base);
+        match &self.map {
+            None => rel.min(self.text.len()),
+            Some(m) => m.partition_point(|(s, _)| (*s as usize) < rel),
+        }
+    }
+
     /// Original start (absolute) of folded byte `i`; `i == len` gives the end of the folded input.
     pub fn original_start(&self, i: usize, input_end: usize) -> usize {
         match &self.map {

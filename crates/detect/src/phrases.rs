@@ -6,7 +6,6 @@
 //! the number of rules and of where a stream is cut.
 
 use std::collections::HashMap;
-use std::ops::Range;
 
 use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use lifeguard_core::{Category, Finding};
@@ -326,7 +325,7 @@ pub(crate) fn label_for(c: Category) -> &'static str {
 
 /// Folded-byte range helper for tests.
 #[cfg(test)]
-pub(crate) fn find_all(set: &PhraseSet, text: &str) -> Vec<(String, Range<usize>)> {
+pub(crate) fn find_all(set: &PhraseSet, text: &str) -> Vec<(String, std::ops::Range<usize>)> {
     let f = crate::normalize::fold(text, 0);
     let mut out = Vec::new();
     set.scan(&f, true, true, 0, &mut out);
