@@ -9,8 +9,11 @@
 #      render of the defaults) and deploy/istio/*.yaml. It has schemas for core kinds only: Istio
 #      and Prometheus Operator kinds get a "couldn't find schema" warning and are otherwise
 #      skipped (tests/deploy.rs checks the EnvoyFilters' Envoy configs with `envoy --mode validate`).
-#   3. yamllint (relaxed, strict exit) of deploy/ and the chart's plain YAML files (not templates/,
-#      which is Go template text, not YAML).
+#   3. yamllint (relaxed, strict exit) of deploy/istio/ and the chart's plain YAML files. Not
+#      templates/ (Go template text, not YAML) and not deploy/envoy/ (its `${VAR}` placeholders
+#      make it YAML only once rendered; tests/envoy_configs.rs validates it rendered).
+#      `indent-sequences: whatever` because rendered-example.yaml keeps Helm's toYaml style
+#      (a list at its parent key's indentation).
 # Run by tests/deploy.rs; exits non-zero on the first failing step.
 set -euo pipefail
 

@@ -37,8 +37,7 @@ fn chart_dir() -> PathBuf {
 
 /// Every YAML document of a file, as JSON values (empty documents dropped).
 fn yaml_docs(path: &Path) -> Vec<Value> {
-    let text =
-        fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     serde_norway::Deserializer::from_str(&text)
         .map(|doc| {
             Value::deserialize(doc).unwrap_or_else(|e| panic!("parse {}: {e}", path.display()))
@@ -135,8 +134,14 @@ fn apply_patches(ef: &Value, file: &Path) -> Patched {
                     .http_filters
                     .iter()
                     .position(|f| f["name"] == anchor)
-                    .unwrap_or_else(|| panic!("{}: no filter {anchor} to insert at", file.display()));
-                let at = if operation == "INSERT_BEFORE" { at } else { at + 1 };
+                    .unwrap_or_else(|| {
+                        panic!("{}: no filter {anchor} to insert at", file.display())
+                    });
+                let at = if operation == "INSERT_BEFORE" {
+                    at
+                } else {
+                    at + 1
+                };
                 out.http_filters.insert(at, value);
             }
             ("HTTP_ROUTE", "MERGE") => {
@@ -273,7 +278,11 @@ fn envoyfilter_patches_pass_envoy_validate() {
             assert_eq!(patched.context, expected_context, "{}", file.display());
             let stem = file.file_stem().unwrap().to_string_lossy();
             let out = dir.path().join(format!("{stem}-{i}.json"));
-            fs::write(&out, serde_json::to_string_pretty(&bootstrap(&patched)).unwrap()).unwrap();
+            fs::write(
+                &out,
+                serde_json::to_string_pretty(&bootstrap(&patched)).unwrap(),
+            )
+            .unwrap();
             if let Err(e) = envoy_validate(&out) {
                 failures.push(format!("{}: {e:#}", file.display()));
             }
@@ -293,10 +302,12 @@ fn reference_filters() -> Vec<Value> {
     let vars: Vec<(&str, String)> = vars.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     let rendered = render_template(&text, &vars).unwrap();
     let boot: Value = serde_norway::from_str(&rendered).unwrap();
-    boot.pointer("/static_resources/listeners/0/filter_chains/0/filters/0/typed_config/http_filters")
-        .and_then(Value::as_array)
-        .expect("http_filters in deploy/envoy/lifeguard.yaml")
-        .clone()
+    boot.pointer(
+        "/static_resources/listeners/0/filter_chains/0/filters/0/typed_config/http_filters",
+    )
+    .and_then(Value::as_array)
+    .expect("http_filters in deploy/envoy/lifeguard.yaml")
+    .clone()
 }
 
 fn filter<'a>(filters: &'a [Value], name: &str) -> &'a Value {
@@ -482,7 +493,10 @@ fn rendered_example_deployment_is_consistent_and_locked_down() {
         .map(|a| a.as_str().unwrap())
         .collect();
     let arg = |flag: &str| -> &str {
-        let i = args.iter().position(|a| *a == flag).unwrap_or_else(|| panic!("no {flag}"));
+        let i = args
+            .iter()
+            .position(|a| *a == flag)
+            .unwrap_or_else(|| panic!("no {flag}"));
         args[i + 1]
     };
     assert_eq!(args[0], "serve");
@@ -520,7 +534,10 @@ fn rendered_example_deployment_is_consistent_and_locked_down() {
         .iter()
         .find(|m| m["mountPath"] == arg("--bundle"))
         .expect("a volume mounted at --bundle");
-    assert!(mount.get("subPath").is_none(), "bundle mounted with subPath");
+    assert!(
+        mount.get("subPath").is_none(),
+        "bundle mounted with subPath"
+    );
     let volume = pod["volumes"]
         .as_array()
         .unwrap()
@@ -532,7 +549,10 @@ fn rendered_example_deployment_is_consistent_and_locked_down() {
 
     // Credentials come from Secrets, never literal values.
     for env in c["env"].as_array().unwrap() {
-        if env["name"].as_str().is_some_and(|n| n.ends_with("_API_KEY")) {
+        if env["name"]
+            .as_str()
+            .is_some_and(|n| n.ends_with("_API_KEY"))
+        {
             assert!(env.get("value").is_none(), "{env}: a key in plain text");
             assert!(env.pointer("/valueFrom/secretKeyRef/name").is_some());
         }
@@ -583,5 +603,8 @@ fn dockerfile_cmd_matches_the_chart_paths() {
     assert_eq!(flag("--grpc"), format!("0.0.0.0:{}", v["ports"]["grpc"]));
     assert_eq!(flag("--admin"), format!("0.0.0.0:{}", v["ports"]["admin"]));
     assert!(dockerfile.contains("ENTRYPOINT [\"/lifeguard\"]"));
-    assert!(dockerfile.contains(":nonroot"), "runs as distroless nonroot");
+    assert!(
+        dockerfile.contains(":nonroot"),
+        "runs as distroless nonroot"
+    );
 }

@@ -241,6 +241,7 @@ fn kind(a: &Option<Answer>) -> &'static str {
         Some(Answer::RequestTrailers(_)) => "request_trailers",
         Some(Answer::ResponseTrailers(_)) => "response_trailers",
         Some(Answer::ImmediateResponse(_)) => "immediate_response",
+        Some(_) => "other",
         None => "nothing",
     }
 }

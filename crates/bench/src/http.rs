@@ -68,12 +68,12 @@ pub async fn serve_otlp_sink(listener: TcpListener) -> anyhow::Result<()> {
                     Ok(Frame::data(Bytes::from_static(&[0, 0, 0, 0, 0]))),
                     Ok(Frame::trailers(trailers)),
                 ];
-                Ok::<_, Infallible>(
-                    Response::builder()
-                        .header("content-type", "application/grpc")
-                        .body(StreamBody::new(futures::stream::iter(frames)))
-                        .unwrap_or_default(),
-                )
+                let mut resp = Response::new(StreamBody::new(futures::stream::iter(frames)));
+                resp.headers_mut().insert(
+                    "content-type",
+                    hyper::header::HeaderValue::from_static("application/grpc"),
+                );
+                Ok::<_, Infallible>(resp)
             });
             let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)

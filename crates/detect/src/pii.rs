@@ -145,11 +145,12 @@ pub(crate) fn specs(types: &[PiiType]) -> Vec<PatternSpec> {
         ),
         valid_card,
     );
-    // International (+CC ...), then national formats with separators, then bare E.164-like runs.
+    // International (+CC ...), national formats with separators, bare national runs; then an extension, then
+    // the word that follows (consumed only so the validator can tell "370 3911 Fourth Avenue" from a number).
     add(
         PiiType::Phone,
         format!(
-            r"(?i)(?:\+[0-9]{{1,3}}[ .-]?(?:\(0\)[ .-]?)?(?:\([0-9]{{1,5}}\)[ .-]?)?[0-9]{{1,5}}(?:[ .-][0-9]{{1,5}}){{0,5}}|(?:{B}00?1[ .-]|{B})?(?:\([0-9]{{1,5}}\)[ .-]?|{B}[0-9]{{1,5}}[ .-])[0-9]{{2,8}}(?:[ .-][0-9]{{2,8}}){{0,4}}{B}|{B}0[0-9]{{9,10}}{B})(?:[ ]?(?:x|ext\.?|#)[ ]?[0-9]{{1,6}}{B})?"
+            r"(?i)(?:\+[0-9]{{1,3}}[ .-]?(?:\(0\)[ .-]?)?(?:\([0-9]{{1,5}}\)[ .-]?)?[0-9]{{1,5}}(?:[ .-][0-9]{{1,5}}){{0,5}}|(?:{B}00?1[ .-])?(?:\([0-9]{{1,5}}\)[ .-]?|{B}[0-9]{{1,5}}[ .-])[0-9]{{2,8}}(?:[ .-][0-9]{{2,8}}){{0,4}}|{B}0[0-9]{{9,10}}|{B}[2-9][0-9]{{2}}[2-9][0-9]{{6}})(?:[ ]?(?:x|ext\.?|\#)[ ]?[0-9]{{1,6}})?(?:[ ]{{1,2}}[a-z][a-z]{{0,19}})?{B}"
         ),
         valid_phone,
     );
@@ -404,20 +405,30 @@ fn valid_card(hay: &str, span: Range<usize>) -> Option<Range<usize>> {
     luhn_ok(s).then_some(span)
 }
 
+/// Words that may follow a phone number without making it part of an address.
+const PHONE_WORDS: &[&str] = &[
+    "office", "fax", "mobile", "cell", "home", "work", "tel", "phone", "desk", "direct", "or", "and",
+    "to", "for", "if", "at", "is", "was", "ext", "extension", "mob", "main", "please", "call",
+];
+
 fn valid_phone(hay: &str, span: Range<usize>) -> Option<Range<usize>> {
     let s = hay.get(span.clone())?;
+    // Split off the word that follows the number (consumed by the pattern only to look at it).
+    let last_digit = s.rfind(|c: char| c.is_ascii_digit())?;
+    let number = &s[..=last_digit];
+    let trailing = s[last_digit + 1..].trim().to_ascii_lowercase();
     // Digits of the number itself, without an extension.
-    let main = s
+    let main = number
         .find(['x', 'X', '#'])
-        .or_else(|| s.to_ascii_lowercase().find("ext"))
-        .map_or(s, |i| &s[..i]);
+        .or_else(|| number.to_ascii_lowercase().find("ext"))
+        .map_or(number, |i| number[..i].trim_end());
     let digits = main.bytes().filter(u8::is_ascii_digit).count();
     if !(7..=15).contains(&digits) {
         return None;
     }
     let intl = main.starts_with('+');
     if let Some(&b) = pre(hay, span.start).last()
-        && (b.is_ascii_alphanumeric() || matches!(b, b'.' | b'/' | b'-' | b'_' | b'$' | b'#'))
+        && (b.is_ascii_alphanumeric() || matches!(b, b'.' | b'/' | b'-' | b'_' | b'$' | b'#' | b':'))
         && !intl
     {
         return None;
@@ -427,36 +438,50 @@ fn valid_phone(hay: &str, span: Range<usize>) -> Option<Range<usize>> {
             .split([' ', '.', '-', '(', ')'])
             .filter(|g| !g.is_empty())
             .collect();
-        if looks_like_date(main, &groups) || looks_like_version(main, &groups) {
+        if looks_like_date(main) || looks_like_version(main, &groups) {
             return None;
         }
-        // 1 234 567 / 12,345,678 style grouping is an amount rather than a number to dial.
+        // Thousands grouping (1 234 567, 12 000 000) is an amount.
         if groups.len() >= 3
-            && groups[0].len() <= 3
+            && (groups[0].len() == 1 || groups[1..].iter().any(|g| *g == "000"))
             && groups[1..].iter().all(|g| g.len() == 3)
-            && main.contains(' ')
-            && !main.starts_with('0')
-            && !main.starts_with('(')
-            && digits < 9
+            && !main.starts_with(['0', '('])
+        {
+            return None;
+        }
+        // Postal codes: 1234-567, 12345-678.
+        if groups.len() == 2
+            && main.contains('-')
+            && (4..=5).contains(&groups[0].len())
+            && groups[1].len() == 3
+        {
+            return None;
+        }
+        // "370 3911 Fourth Avenue": two numbers before a word are a street address.
+        if groups.len() == 2
+            && !main.starts_with(['0', '('])
+            && !trailing.is_empty()
+            && !PHONE_WORDS.contains(&trailing.as_str())
         {
             return None;
         }
     }
-    Some(span.start..span.start + main.trim_end().len())
+    Some(span.start..span.start + number.len())
 }
 
-fn looks_like_date(s: &str, groups: &[&str]) -> bool {
-    if groups.len() != 3 || s.contains(' ') {
-        return false;
-    }
-    let n: Vec<u32> = groups.iter().filter_map(|g| g.parse().ok()).collect();
-    if n.len() != 3 {
-        return false;
-    }
-    let ymd = groups[0].len() == 4 && (1..=12).contains(&n[1]) && (1..=31).contains(&n[2]);
-    let dmy = groups[2].len() == 4
-        && (((1..=31).contains(&n[0]) && (1..=12).contains(&n[1]))
-            || ((1..=12).contains(&n[0]) && (1..=31).contains(&n[1])));
+/// YYYY-MM-DD or DD.MM.YYYY (or MM/DD/YYYY) at the start, whatever follows (a time, say).
+fn looks_like_date(s: &str) -> bool {
+    let b = s.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b.get(r).is_some_and(|x| x.iter().all(u8::is_ascii_digit));
+    let sep = |i: usize| b.get(i).is_some_and(|c| matches!(c, b'-' | b'.' | b'/'));
+    let num = |r: std::ops::Range<usize>| s.get(r).and_then(|x| x.parse::<u32>().ok()).unwrap_or(0);
+    let ymd = digits(0..4) && sep(4) && digits(5..7) && b.get(7) == b.get(4) && digits(8..10)
+        && (1..=12).contains(&num(5..7)) && (1..=31).contains(&num(8..10))
+        && b.get(10).is_none_or(|c| !c.is_ascii_digit());
+    let dmy = digits(0..2) && sep(2) && digits(3..5) && b.get(5) == b.get(2) && digits(6..10)
+        && (1..=31).contains(&num(0..2)) && (1..=31).contains(&num(3..5))
+        && (num(0..2) <= 12 || num(3..5) <= 12)
+        && b.get(10).is_none_or(|c| !c.is_ascii_digit());
     ymd || dmy
 }
 

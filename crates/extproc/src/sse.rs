@@ -127,7 +127,7 @@ impl SseInspector {
         }
         let mut blocker = None;
         'channels: for ch in self.channels.values_mut() {
-            let step = ch.scan.finish(scanner);
+            let step = ch.scan.finish();
             ch.safe = ch.len;
             for f in step.findings {
                 match action_of(&f) {
@@ -193,7 +193,7 @@ impl SseInspector {
                     tool_call,
                     text: String::new(),
                 });
-                let step = ch.scan.push(scanner, text);
+                let step = ch.scan.push(text);
                 let start = ch.len;
                 ch.len += text.len();
                 if ch.tool_call {
