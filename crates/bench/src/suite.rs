@@ -307,7 +307,6 @@ struct Figure {
     name: String,
     target: String,
     mode: String,
-    runs: usize,
     rate: f64,
     p50: f64,
     p99: f64,
@@ -341,7 +340,6 @@ impl Figure {
                 Mode::Open { rate } => format!("open {rate:.0}/s"),
                 Mode::Closed { in_flight } => format!("closed {in_flight}"),
             },
-            runs: runs.len(),
             rate: m(&|r| r.rate()),
             p50: m(&|r| r.quantile_us(0.5)),
             p99: m(&|r| r.quantile_us(0.99)),
@@ -427,7 +425,10 @@ fn size_label(bytes: usize) -> String {
 // The suite
 // ------------------------------------------------------------------------------------------------
 
-pub async fn run(a: SuiteArgs) -> anyhow::Result<()> {
+pub async fn run(mut a: SuiteArgs) -> anyhow::Result<()> {
+    // Children run in a temp dir: make every path absolute first.
+    a.lifeguard = std::path::absolute(&a.lifeguard)?;
+    a.envoy = std::path::absolute(&a.envoy)?;
     anyhow::ensure!(
         a.lifeguard.is_file(),
         "no lifeguard binary at {} (cargo build --release -p lifeguard)",
@@ -842,7 +843,7 @@ fn report(s: &Suite, x: &Extra, took: Duration) -> String {
             let floor = s
                 .figures
                 .iter()
-                .find(|g| g.target == "echo" && g.mode == f.mode && clean_name(&g.name) == clean_name(&f.name));
+                .find(|g| g.target == "echo" && g.mode == f.mode && g.name == f.name);
             let (rr, cr) = match (floor, f.target.as_str()) {
                 (Some(g), "lifeguard") => (
                     format!("{:.0}%", 100.0 * f.rate / g.rate),
@@ -1062,10 +1063,6 @@ fn report(s: &Suite, x: &Extra, took: Duration) -> String {
         }
     }
     r
-}
-
-fn clean_name(n: &str) -> &str {
-    n
 }
 
 fn ns(v: f64) -> String {

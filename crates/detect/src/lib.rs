@@ -154,6 +154,7 @@ impl Scanner {
                 })),
             }
         };
+        build(injection::regex_signals(), false, None, &mut errors);
         let mut pii_types = cfg.pii_types.clone();
         pii_types.sort();
         pii_types.dedup();

@@ -1,5 +1,5 @@
-//! A small learned prompt-injection model: logistic regression over hashed word uni/bigrams and character
-//! 3–5-grams of the folded text.
+//! A small learned prompt-injection model: logistic regression over hashed words and character 3–5-grams of
+//! the folded text (word bigrams were tried and did not help in cross-validation on the train rows).
 //!
 //! The feature vector is the *set* of features scaled to unit length, so a text's length is not a feature:
 //! repeating a benign sentence does not change its score. Weights are checked in as text
@@ -25,6 +25,9 @@ pub struct TrainConfig {
     pub l2: f32,
     /// Weights with a smaller magnitude are dropped from the saved model.
     pub prune: f32,
+    /// Subtracted from the trained bias: moves the model's 0.5 point towards fewer false positives. 0.5 was
+    /// chosen by 5-fold cross-validation on the train rows (CV false-positive rate under 0.05).
+    pub bias_shift: f32,
 }
 
 impl Default for TrainConfig {
@@ -33,8 +36,9 @@ impl Default for TrainConfig {
             dim_bits: 18,
             epochs: 40,
             learning_rate: 0.5,
-            l2: 2e-4,
+            l2: 1e-3,
             prune: 0.005,
+            bias_shift: 0.5,
         }
     }
 }
@@ -76,7 +80,6 @@ fn fnv1a(s: &str) -> u64 {
 fn for_each_feature(text: &str, mut f: impl FnMut(&str)) {
     let folded = fold(text, 0);
     let mut buf = String::with_capacity(64);
-    let mut prev: Option<&str> = None;
     for w in folded
         .text
         .split(|c: char| !(c.is_alphanumeric() || c == '\''))
@@ -86,15 +89,6 @@ fn for_each_feature(text: &str, mut f: impl FnMut(&str)) {
         buf.push_str("w:");
         buf.push_str(w);
         f(&buf);
-        if let Some(p) = prev {
-            buf.clear();
-            buf.push_str("b:");
-            buf.push_str(p);
-            buf.push(' ');
-            buf.push_str(w);
-            f(&buf);
-        }
-        prev = Some(w);
         // Character n-grams of the word padded with < and >, by char so non-ASCII words work too.
         let chars: Vec<(usize, char)> = w.char_indices().collect();
         let n_chars = chars.len() + 2;
@@ -344,7 +338,7 @@ pub fn train_with(rows: &[(String, bool)], cfg: TrainConfig) -> Model {
             *w = (*w * 10_000.0).round() / 10_000.0;
         }
     }
-    m.bias = (m.bias * 1_000_000.0).round() / 1_000_000.0;
+    m.bias = ((m.bias - cfg.bias_shift) * 1_000_000.0).round() / 1_000_000.0;
     m
 }
 

@@ -108,6 +108,7 @@ pub(crate) fn specs(types: &[PiiType]) -> Vec<PatternSpec> {
                 validate: Some(v),
                 generic: false,
                 try_alternatives: true,
+                weight: 1.0,
             });
         }
     };
@@ -150,7 +151,7 @@ pub(crate) fn specs(types: &[PiiType]) -> Vec<PatternSpec> {
     add(
         PiiType::Phone,
         format!(
-            r"(?i)(?:\+[0-9]{{1,3}}[ .-]?(?:\(0\)[ .-]?)?(?:\([0-9]{{1,5}}\)[ .-]?)?[0-9]{{1,5}}(?:[ .-][0-9]{{1,5}}){{0,5}}|(?:{B}00?1[ .-])?(?:\([0-9]{{1,5}}\)[ .-]?|{B}[0-9]{{1,5}}[ .-])[0-9]{{2,8}}(?:[ .-][0-9]{{2,8}}){{0,4}}|{B}0[0-9]{{9,10}}|{B}[2-9][0-9]{{2}}[2-9][0-9]{{6}})(?:[ ]?(?:x|ext\.?|\#)[ ]?[0-9]{{1,6}})?(?:[ ]{{1,2}}[a-z][a-z]{{0,19}})?{B}"
+            r"(?i)(?:\+[0-9]{{1,3}}[ .-]?(?:\(0\)[ .-]?)?(?:\([0-9]{{1,5}}\)[ .-]?)?[0-9]{{1,5}}(?:[ .-][0-9]{{1,5}}){{0,5}}|(?:{B}00?1[ .-])?(?:\([0-9]{{1,5}}\)[ .-]?|{B}[0-9]{{1,5}}[ .-])[0-9]{{2,8}}(?:[ .-][0-9]{{2,8}}){{0,4}}|{B}0[0-9]{{9,10}}|{B}[2-9][0-9]{{9}})(?:[ ]?(?:x|ext\.?|\#)[ ]?[0-9]{{1,6}})?(?:[ ]{{1,2}}[a-z][a-z]{{0,19}})?{B}"
         ),
         valid_phone,
     );
@@ -459,7 +460,8 @@ fn valid_phone(hay: &str, span: Range<usize>) -> Option<Range<usize>> {
         }
         // "370 3911 Fourth Avenue": two numbers before a word are a street address.
         if groups.len() == 2
-            && !main.starts_with(['0', '('])
+            && digits < 10
+            && !main.starts_with('(')
             && !trailing.is_empty()
             && !PHONE_WORDS.contains(&trailing.as_str())
         {

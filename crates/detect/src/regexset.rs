@@ -36,6 +36,7 @@ pub(crate) struct PatternSpec {
     pub generic: bool,
     /// On rejection, try the other patterns anchored at the same start (cheap for small sets such as PII).
     pub try_alternatives: bool,
+    pub weight: f32,
 }
 
 pub(crate) struct RegexSet {
@@ -308,7 +309,7 @@ impl RegexSet {
             family: s.family.clone(),
             label: s.label.clone(),
             span: base + span.start..base + span.end,
-            weight: 1.0,
+            weight: s.weight,
         }
     }
 }

@@ -130,6 +130,7 @@ pub(crate) fn specs() -> Vec<PatternSpec> {
         validate: Some(*v),
         generic,
         try_alternatives: false,
+        weight: 1.0,
     };
     PROVIDERS
         .iter()

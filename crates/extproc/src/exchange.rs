@@ -74,6 +74,8 @@ pub struct Exchange<'s> {
     response_flags: Vec<String>,
     response_blocked: Option<String>,
     chunks: usize,
+    /// Time spent on this stream's SSE chunks so far.
+    stream_us: f64,
 }
 
 fn now_nanos() -> u128 {
@@ -144,6 +146,7 @@ impl<'s> Exchange<'s> {
             response_flags: Vec::new(),
             response_blocked: None,
             chunks: 0,
+            stream_us: 0.0,
         }
     }
 
@@ -863,18 +866,28 @@ impl<'s> Exchange<'s> {
         if end {
             self.stage = Stage::Done;
             // In a stream, the end of the text tells whether held-back tool calls or late findings matter.
-            let mut rec = CheckRecord::new("stream", CheckVerdict::Pass)
-                .reason(format!("{} events", inspector.events));
+            let mut rec = CheckRecord::new("stream", CheckVerdict::Pass).reason(format!(
+                "{} events in {} chunks",
+                inspector.events, self.chunks
+            ));
+            let mut worst = Action::Allow;
             for f in &inspector.findings {
                 if !rec.rules.contains(&f.rule) {
                     rec.rules.push(f.rule.clone());
                 }
+                worst = worst.max(action_of(f).unwrap_or(Action::Allow));
             }
-            if !rec.rules.is_empty() {
-                rec.verdict = CheckVerdict::Flag;
-            }
-            rec.latency_us = t.elapsed().as_secs_f64() * 1e6;
+            rec.verdict = if step.blocked.is_some() || self.response_blocked.is_some() {
+                CheckVerdict::Block
+            } else {
+                worst.into()
+            };
+            // The stream's cost is the sum over its chunks, not the last one alone.
+            self.stream_us += t.elapsed().as_secs_f64() * 1e6;
+            rec.latency_us = self.stream_us;
             self.response_checks.push(rec);
+        } else {
+            self.stream_us += t.elapsed().as_secs_f64() * 1e6;
         }
         if monitor {
             // Record what would have happened; change nothing.

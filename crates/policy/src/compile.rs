@@ -184,6 +184,8 @@ impl Compiler<'_> {
             jwt,
             scanner: scanner?,
             custom_actions,
+            injection,
+            jailbreak,
             tool_hosts,
             redaction_key,
             candidate_path: raw.candidate.clone(),

@@ -217,6 +217,9 @@ pub struct Snapshot {
     pub scanner: Scanner,
     /// Action of each custom rule by id.
     pub custom_actions: HashMap<String, Action>,
+    /// The bundle-wide injection and jailbreak thresholds (`detectors:`), before route overrides.
+    pub injection: TierThresholds,
+    pub jailbreak: TierThresholds,
     /// Hosts tool-call URLs may name; empty means any.
     pub tool_hosts: Vec<String>,
     pub redaction_key: Option<Secret>,

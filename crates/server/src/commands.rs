@@ -201,3 +201,60 @@ pub fn explain(bundle: &Path, request: &Path) -> ExitCode {
         ExitCode::SUCCESS
     }
 }
+
+fn read(path: &Path) -> Result<String, ExitCode> {
+    std::fs::read_to_string(path).map_err(|e| {
+        eprintln!("{}: {e}", path.display());
+        ExitCode::FAILURE
+    })
+}
+
+pub fn eval(bundle: &Path, corpus: &Path, split: Option<&str>, threshold: Option<f32>, json: bool) -> ExitCode {
+    let snap = match load(bundle, CompileOptions { read_external: false }) {
+        Ok(s) => s,
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let text = match read(corpus) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    let threshold = threshold.unwrap_or(snap.injection.get(lifeguard_core::Tier::User));
+    match lifeguard_detect::eval::run(&snap.scanner, &text, split, threshold) {
+        Ok(report) if json => {
+            println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            println!("{}: {}", corpus.display(), report);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", corpus.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn train(corpus: &Path, out: &Path) -> ExitCode {
+    let text = match read(corpus) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    // Only `train` rows are learned from; `test` rows stay unseen for evaluation.
+    let model = lifeguard_detect::model::train(&text);
+    match std::fs::write(out, model.to_text()) {
+        Ok(()) => {
+            println!("wrote {}", out.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", out.display());
+            ExitCode::FAILURE
+        }
+    }
+}

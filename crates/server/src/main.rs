@@ -56,6 +56,29 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure the bundle's detectors on a labelled corpus (JSONL: `label` attack/benign or secret/clean, or
+    /// `entities` spans): TP, FP, TN, FN, precision, recall, F1, false-positive rate and MB/s.
+    Eval {
+        #[arg(long)]
+        bundle: PathBuf,
+        #[arg(long)]
+        corpus: PathBuf,
+        /// Only rows of this split (e.g. `test`).
+        #[arg(long)]
+        split: Option<String>,
+        /// Attack threshold on the injection / jailbreak score (default: the bundle's user-tier threshold).
+        #[arg(long)]
+        threshold: Option<f32>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Retrain the injection model from the `train` rows of a labelled corpus and write its weights.
+    Train {
+        #[arg(long)]
+        corpus: PathBuf,
+        #[arg(long, default_value = "crates/detect/model/injection.txt")]
+        out: PathBuf,
+    },
     /// Virtual keys.
     Keys {
         #[command(subcommand)]
@@ -72,6 +95,10 @@ fn main() -> ExitCode {
         Command::Validate { paths, resolve } => commands::validate(&paths, resolve),
         Command::Explain { bundle, request } => commands::explain(&bundle, &request),
         Command::Keys { command } => commands::keys(command),
+        Command::Eval { bundle, corpus, split, threshold, json } => {
+            commands::eval(&bundle, &corpus, split.as_deref(), threshold, json)
+        }
+        Command::Train { corpus, out } => commands::train(&corpus, &out),
         Command::Diff { old, new, corpus, json } => diff::run(&old, &new, &corpus, json),
         Command::Schema => {
             println!("{:#}", lifeguard_policy::json_schema());
