@@ -51,7 +51,9 @@ routes:
 }
 
 async fn stack(mode: &str) -> Stack {
-    Stack::start(&bundle(mode), &[("E2E_OPENAI_KEY", REAL_KEY)]).await.expect("stack starts")
+    Stack::start(&bundle(mode), &[("E2E_OPENAI_KEY", REAL_KEY)])
+        .await
+        .expect("stack starts")
 }
 
 fn chat_body() -> Value {
@@ -59,14 +61,19 @@ fn chat_body() -> Value {
 }
 
 async fn chat(stack: &Stack, path: &str, auth: &str) -> Response {
-    http_post_json(&stack.url(path), &[("authorization", auth)], &chat_body()).await.expect("request completes")
+    http_post_json(&stack.url(path), &[("authorization", auth)], &chat_body())
+        .await
+        .expect("request completes")
 }
 
 fn assert_openai_error(r: &Response, status: u16, code: &str) {
     assert_eq!(r.status, status, "{}", r.text());
     let v = r.json().expect("error body is JSON");
     assert_eq!(v["error"]["code"], code, "{v}");
-    assert!(v["error"]["message"].is_string() && v["error"]["type"].is_string(), "{v}");
+    assert!(
+        v["error"]["message"].is_string() && v["error"]["type"].is_string(),
+        "{v}"
+    );
     let id = v["error"]["decision_id"].as_str().expect("decision id");
     assert_eq!(id.len(), 32);
     assert_eq!(r.header("x-lifeguard-decision-id"), Some(id));
@@ -77,12 +84,24 @@ async fn scoped_key_reaches_the_model_with_the_real_key_only() {
     let s = stack("enforce").await;
     let r = chat(&s, "/v1/chat/completions", "Bearer lgk-search").await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let decision = r.header("x-lifeguard-decision-id").expect("decision id on the answer").to_string();
+    let decision = r
+        .header("x-lifeguard-decision-id")
+        .expect("decision id on the answer")
+        .to_string();
     let seen = s.stub.last_request().expect("upstream saw the request");
-    assert_eq!(seen.header("authorization"), Some(format!("Bearer {REAL_KEY}").as_str()));
-    assert_eq!(seen.header("x-lifeguard-decision-id"), Some(decision.as_str()));
+    assert_eq!(
+        seen.header("authorization"),
+        Some(format!("Bearer {REAL_KEY}").as_str())
+    );
+    assert_eq!(
+        seen.header("x-lifeguard-decision-id"),
+        Some(decision.as_str())
+    );
     let raw = format!("{:?}", seen.headers);
-    assert!(!raw.contains("lgk-search"), "the virtual key must not reach the provider: {raw}");
+    assert!(
+        !raw.contains("lgk-search"),
+        "the virtual key must not reach the provider: {raw}"
+    );
     // The real key never reaches the caller.
     assert!(!r.text().contains(REAL_KEY) && !format!("{:?}", r.headers).contains(REAL_KEY));
 }
@@ -91,11 +110,36 @@ async fn scoped_key_reaches_the_model_with_the_real_key_only() {
 async fn refused_keys_get_json_errors_and_never_reach_the_model() {
     let s = stack("enforce").await;
     let cases = [
-        ("/v1/chat/completions", "Bearer lgk-unknown", 401, "invalid_api_key"),
-        ("/v1/chat/completions", "Bearer lgk-revoked", 401, "key_revoked"),
-        ("/v1/chat/completions", "Bearer lgk-expired", 401, "key_expired"),
-        ("/v1/chat/completions", "Bearer lgk-billing", 403, "route_not_allowed"),
-        ("/v1/completions", "Bearer lgk-search", 403, "route_not_allowed"),
+        (
+            "/v1/chat/completions",
+            "Bearer lgk-unknown",
+            401,
+            "invalid_api_key",
+        ),
+        (
+            "/v1/chat/completions",
+            "Bearer lgk-revoked",
+            401,
+            "key_revoked",
+        ),
+        (
+            "/v1/chat/completions",
+            "Bearer lgk-expired",
+            401,
+            "key_expired",
+        ),
+        (
+            "/v1/chat/completions",
+            "Bearer lgk-billing",
+            403,
+            "route_not_allowed",
+        ),
+        (
+            "/v1/completions",
+            "Bearer lgk-search",
+            403,
+            "route_not_allowed",
+        ),
         ("/v1/messages", "Bearer lgk-search", 403, "no_route"),
     ];
     for (path, auth, status, code) in cases {
@@ -103,9 +147,14 @@ async fn refused_keys_get_json_errors_and_never_reach_the_model() {
         assert_openai_error(&r, status, code);
         assert!(!r.text().contains("sha256"), "no hashes in answers");
     }
-    let r = http_post_json(&s.url("/v1/chat/completions"), &[], &chat_body()).await.unwrap();
+    let r = http_post_json(&s.url("/v1/chat/completions"), &[], &chat_body())
+        .await
+        .unwrap();
     assert_openai_error(&r, 401, "missing_api_key");
-    assert!(s.stub.requests().is_empty(), "no refused request reached the upstream");
+    assert!(
+        s.stub.requests().is_empty(),
+        "no refused request reached the upstream"
+    );
 }
 
 #[tokio::test]
@@ -128,7 +177,10 @@ async fn a_burst_over_the_rate_limit_gets_429_with_retry_after() {
 }
 
 fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
 
 fn jwt(claims: Value) -> String {
@@ -149,7 +201,10 @@ async fn jwt_callers_are_verified_by_lifeguard() {
     let r = chat(&s, "/v1/chat/completions", &format!("Bearer {good}")).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let seen = s.stub.last_request().unwrap();
-    assert_eq!(seen.header("authorization"), Some(format!("Bearer {REAL_KEY}").as_str()));
+    assert_eq!(
+        seen.header("authorization"),
+        Some(format!("Bearer {REAL_KEY}").as_str())
+    );
 
     let mut expired = claims();
     expired["exp"] = json!(now() - 3600);
@@ -171,43 +226,86 @@ async fn monitor_mode_lets_a_would_be_denial_through_and_records_it() {
     let r = chat(&s, "/v1/chat/completions", "Bearer lgk-billing").await;
     assert_eq!(r.status, 200, "{}", r.text());
     let seen = s.stub.last_request().expect("reached the upstream");
-    assert_eq!(seen.header("authorization"), Some(format!("Bearer {REAL_KEY}").as_str()));
+    assert_eq!(
+        seen.header("authorization"),
+        Some(format!("Bearer {REAL_KEY}").as_str())
+    );
     let id = r.header("x-lifeguard-decision-id").unwrap().to_string();
     // The audit log (stdout) records the would-be denial under that decision id.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let line = s.lifeguard.log().lines().find(|l| l.contains(&id) && l.contains("lifeguard.authz")).map(str::to_string);
+        let line = s
+            .lifeguard
+            .log()
+            .lines()
+            .find(|l| l.contains(&id) && l.contains("lifeguard.authz"))
+            .map(str::to_string);
         if let Some(line) = line {
             let v: Value = serde_json::from_str(&line).expect("audit line is JSON");
             assert_eq!(v["verdict"], "allow");
             assert_eq!(v["would_be"], "deny");
             assert_eq!(v["code"], "route_not_allowed");
             assert_eq!(v["mode"], "monitor");
-            let checks: Vec<&str> = v["checks"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
+            let checks: Vec<&str> = v["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["id"].as_str().unwrap())
+                .collect();
             assert!(checks.contains(&"scope"), "{checks:?}");
-            assert!(!line.contains("lgk-billing"), "no key text in the audit log");
+            assert!(
+                !line.contains("lgk-billing"),
+                "no key text in the audit log"
+            );
             break;
         }
-        assert!(Instant::now() < deadline, "no audit line for {id}: {}", s.lifeguard.log());
+        assert!(
+            Instant::now() < deadline,
+            "no audit line for {id}: {}",
+            s.lifeguard.log()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let metrics = s.lifeguard.admin_get("/metrics").await.unwrap().text();
-    assert!(metrics.contains("lifeguard_checks_total{check=\"scope\",verdict=\"block\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("lifeguard_checks_total{check=\"scope\",verdict=\"block\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
 async fn revoking_a_key_and_reloading_takes_effect_at_once() {
     let s = stack("enforce").await;
-    assert_eq!(chat(&s, "/v1/chat/completions", "Bearer lgk-search").await.status, 200);
+    assert_eq!(
+        chat(&s, "/v1/chat/completions", "Bearer lgk-search")
+            .await
+            .status,
+        200
+    );
     let revoked = bundle("enforce").replace("app: ranker,", "app: ranker, revoked: true,");
     s.lifeguard.write_bundle(&revoked).unwrap();
     let r = s.lifeguard.reload().await.unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_openai_error(&chat(&s, "/v1/chat/completions", "Bearer lgk-search").await, 401, "key_revoked");
+    assert_openai_error(
+        &chat(&s, "/v1/chat/completions", "Bearer lgk-search").await,
+        401,
+        "key_revoked",
+    );
     // A broken bundle is refused and the last good one keeps serving.
-    s.lifeguard.write_bundle("version: 1\nname: broken\nkeys: [ {id: x} ]\n").unwrap();
+    s.lifeguard
+        .write_bundle("version: 1\nname: broken\nkeys: [ {id: x} ]\n")
+        .unwrap();
     let r = s.lifeguard.reload().await.unwrap();
     assert_eq!(r.status, 422, "{}", r.text());
-    assert_openai_error(&chat(&s, "/v1/chat/completions", "Bearer lgk-search").await, 401, "key_revoked");
-    assert_eq!(chat(&s, "/v1/chat/completions", "Bearer lgk-unknown").await.status, 401);
+    assert_openai_error(
+        &chat(&s, "/v1/chat/completions", "Bearer lgk-search").await,
+        401,
+        "key_revoked",
+    );
+    assert_eq!(
+        chat(&s, "/v1/chat/completions", "Bearer lgk-unknown")
+            .await
+            .status,
+        401
+    );
 }

@@ -22,8 +22,8 @@ use envoy_types::pb::envoy::service::auth::v3::{
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use lifeguard_core::{
-    CheckRecord, CheckVerdict, DecisionRecord, DecisionSink, Mode, Phase, RequestFacts, ShadowOutcome, Verdict,
-    decision_id,
+    CheckRecord, CheckVerdict, DecisionRecord, DecisionSink, Mode, Phase, RequestFacts,
+    ShadowOutcome, Verdict, decision_id,
 };
 use lifeguard_policy::{CheckDecision, Denial, Snapshot, decide};
 use lifeguard_wire::{DECISION_HEADER, Handover, error_body, set_header};
@@ -70,7 +70,11 @@ impl AuthzService {
             let ours = decision.denial.is_some();
             ShadowOutcome {
                 bundle: candidate.bundle.clone(),
-                verdict: if theirs { Verdict::Deny } else { Verdict::Allow },
+                verdict: if theirs {
+                    Verdict::Deny
+                } else {
+                    Verdict::Allow
+                },
                 agrees: theirs == ours,
             }
         });

@@ -138,7 +138,9 @@ fn x_api_key_caller_header_is_removed_when_provider_uses_another() {
 #[test]
 fn every_refusal_reason_has_its_status_and_code() {
     let svc = service("enforce");
-    let cases: &[(&str, &str, &[(&str, &str)], i32, &str)] = &[
+    // method, path, headers, status, code
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], i32, &'a str);
+    let cases: &[Case<'_>] = &[
         ("POST", "/v1/chat/completions", &[], 401, "missing_api_key"),
         (
             "POST",

@@ -4,7 +4,6 @@
 
 use std::ops::Range;
 
-use base64::Engine;
 use lifeguard_core::Category;
 
 use crate::regexset::{PatternSpec, Validator};
@@ -25,7 +24,8 @@ const PROVIDERS: &[Row] = &[
     ("aws_secret_key", r#"(?i)aws[A-Za-z0-9_. -]{0,30}["']?\s{0,3}(?::=|=>|=|:)\s{0,3}["']?([A-Za-z0-9/+=]{40})\b"#, 1, token),
     ("aws_bedrock_api_key", r"\bABSK[A-Za-z0-9+/]{109,269}={0,2}", 0, token),
     ("aws_bedrock_api_key", r"\bbedrock-api-key-YmVkcm9jay5hbWF6b25hd3MuY29t[A-Za-z0-9+/=]{10,2000}", 0, token),
-    ("gcp_api_key", r"\bAIza[0-9A-Za-z_-]{35}\b", 0, token),
+    ("gcp_api_key", r"\bAIza[0-9A-Za-z_-]{35}", 0, token),
+    ("gcp_service_account", r#""type"\s{0,3}:\s{0,3}"service_account""#, 0, marker),
     ("gcp_oauth_client_secret", r"\bGOCSPX-[A-Za-z0-9_-]{28}\b", 0, token),
     ("azure_storage_key", r"(?i)AccountKey=([A-Za-z0-9+/]{86}==)", 1, token),
     ("azure_sas_token", r"(?i)[?&]sig=([A-Za-z0-9%+/]{40,100}(?:%3D|=){0,2})", 1, token),
@@ -38,7 +38,11 @@ const PROVIDERS: &[Row] = &[
     ("gitlab_token", r"\b(?:glpat|gldt|glptt|glrt|glcbt|glimt|glagent|gloas|glsoat|glffct|glft|glcbt)-[A-Za-z0-9_.-]{20,300}", 0, token),
     ("gitlab_runner_registration_token", r"\bGR1348941[A-Za-z0-9_-]{20}\b", 0, token),
     ("gitlab_session_cookie", r"_gitlab_session=([0-9a-z]{32})", 1, token),
-    ("slack_token", r"\bxox[abposer]-(?:[0-9]+-)?[A-Za-z0-9-]{10,250}", 0, token),
+    ("slack_bot_token", r"\bxoxb-[0-9]{10,13}-[0-9]{10,13}[A-Za-z0-9-]*", 0, token),
+    ("slack_user_token", r"\bxox[pe](?:-[0-9]{10,13}){3}-[A-Za-z0-9-]{28,34}", 0, token),
+    ("slack_legacy_token", r"\bxox[os]-[0-9]+-[0-9]+-[0-9]+-[A-Fa-f0-9]+", 0, token),
+    ("slack_legacy_workspace_token", r"\bxox[ar]-(?:[0-9]-)?[A-Za-z0-9]{8,48}", 0, token),
+    ("slack_legacy_bot_token", r"\bxoxb-[0-9]{8,14}-[A-Za-z0-9]{18,26}\b", 0, token),
     ("slack_config_token", r"\bxoxe\.xox[bp]-[0-9]-[A-Za-z0-9]{100,}", 0, token),
     ("slack_config_refresh_token", r"\bxoxe-[0-9]-[A-Za-z0-9]{100,}", 0, token),
     ("slack_app_token", r"(?i)\bxapp-[0-9]-[A-Z0-9]+-[0-9]+-[a-z0-9]+", 0, token),
@@ -55,7 +59,7 @@ const PROVIDERS: &[Row] = &[
     ("clojars_token", r"(?i)\bCLOJARS_[a-z0-9]{60}\b", 0, token),
     ("huggingface_token", r"\bhf_[A-Za-z]{34}\b", 0, token),
     ("huggingface_org_token", r"\bapi_org_[A-Za-z]{34}\b", 0, token),
-    ("jwt", r"\bey[A-Za-z0-9_-]{10,}\.ey[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}", 0, jwt),
+    ("jwt", r"\beyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]*", 0, token),
     ("age_secret_key", r"\bAGE-SECRET-KEY-1[QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L]{58}\b", 0, token),
     ("onepassword_secret_key", r"\bA3-[A-Z0-9]{6}-(?:[A-Z0-9]{11}|[A-Z0-9]{6}-[A-Z0-9]{5})-[A-Z0-9]{5}-[A-Z0-9]{5}-[A-Z0-9]{5}\b", 0, token),
     ("onepassword_service_token", r"\bops_eyJ[A-Za-z0-9+/]{250,}={0,3}", 0, token),
@@ -81,7 +85,7 @@ const PROVIDERS: &[Row] = &[
     ("linear_token", r"\blin_api_[A-Za-z0-9]{40}\b", 0, token),
     ("mailchimp_key", r"\b[a-f0-9]{32}-us[0-9]{1,2}\b", 0, token),
     ("mailgun_key", r"\b(?:key|pubkey)-[a-f0-9]{32}\b", 0, token),
-    ("mapbox_token", r"\b[ps]k\.eyJ[A-Za-z0-9]{50,80}\.[A-Za-z0-9_-]{22}\b", 0, token),
+    ("mapbox_token", r"\b(?:pk|sk)\.[A-Za-z0-9]{60,90}\.[A-Za-z0-9_-]{22}\b", 0, token),
     ("newrelic_key", r"\b(?:NRAK-[A-Z0-9]{27}|NRJS-[a-f0-9]{19}|NRII-[A-Za-z0-9-]{32})\b", 0, token),
     ("notion_token", r"\bntn_[0-9]{11}[A-Za-z0-9]{32}[A-Za-z0-9]{3}\b", 0, token),
     ("octopus_deploy_key", r"\bAPI-[A-Z0-9]{26}\b", 0, token),
@@ -93,11 +97,11 @@ const PROVIDERS: &[Row] = &[
     ("pulumi_token", r"\bpul-[a-f0-9]{40}\b", 0, token),
     ("readme_token", r"\brdme_[a-z0-9]{70}\b", 0, token),
     ("scalingo_token", r"\btk-us-[A-Za-z0-9_-]{48}\b", 0, token),
-    ("sentry_token", r"\b(?:sntrys_eyJ[A-Za-z0-9+/=_]{60,400}|sntryu_[a-f0-9]{64})", 0, token),
+    ("sentry_token", r"\b(?:sntrys_eyJ[A-Za-z0-9+/=_]{60,400}|sntryu_[a-f0-9]{64}\b)", 0, token),
     ("settlemint_token", r"\bsm_(?:aat|pat|sat)_[A-Za-z0-9]{16}\b", 0, token),
     ("shippo_token", r"\bshippo_(?:live|test)_[a-fA-F0-9]{40}\b", 0, token),
     ("shopify_token", r"\bshp(?:at|ca|pa|ss)_[a-fA-F0-9]{32}\b", 0, token),
-    ("sidekiq_secret", r"(?i)\bBUNDLE_(?:ENTERPRISE__CONTRIBSYS__COM|GEMS__CONTRIBSYS__COM)\b[\x22\x27]?\s{0,3}(?::=|=>|=|:)?\s{0,3}[\x22\x27]?([a-f0-9]{8}:[a-f0-9]{8})\b", 1, token),
+    ("sidekiq_secret", r"(?i)\bBUNDLE_(?:ENTERPRISE__CONTRIBSYS__COM|GEMS__CONTRIBSYS__COM)[A-Za-z_]{0,10}[\x22\x27]?\s{0,3}(?::=|=>|=|:)?\s{0,3}[\x22\x27]?([a-f0-9]{8}:[a-f0-9]{8})\b", 1, token),
     ("sourcegraph_token", r"\bsgp_(?:[a-fA-F0-9]{16}|local)_[a-fA-F0-9]{40}\b", 0, token),
     ("square_token", r"\b(?:EAAA[A-Za-z0-9_-]{22,60}|sq0atp-[A-Za-z0-9_-]{22}|sq0csp-[A-Za-z0-9_-]{43})", 0, token),
     ("telegram_bot_token", r"\b[0-9]{5,16}:A[A-Za-z0-9_-]{34}\b", 0, token),
@@ -106,16 +110,19 @@ const PROVIDERS: &[Row] = &[
     ("facebook_token", r"\bEAA[MC][A-Za-z0-9]{100,}", 0, token),
     ("discord_token", r"\b[MN][A-Za-z0-9_-]{23,25}\.[A-Za-z0-9_-]{6}\.[A-Za-z0-9_-]{27,38}\b", 0, token),
     ("url_credentials", r"\b[a-z][a-z0-9+.-]{1,20}://[A-Za-z0-9._~%!$&'()*+,;=-]{1,64}:([A-Za-z0-9._~%!$&'()*+,;=-]{3,128})@[A-Za-z0-9.-]{3,}", 1, password),
-    ("authorization_header", r#"(?i)\bauthorization["']?\s{0,3}[:=]\s{0,3}["']?(?:bearer|basic|token|apikey|api-key|digest)\s{1,3}([A-Za-z0-9._~+/=-]{8,2048})"#, 1, token),
-    ("curl_basic_auth", r#"(?i)\bcurl\b[ -~]{0,200}?\s(?:-u|--user)\s{1,5}["']?([A-Za-z0-9._~%!$&*+=@-]{1,64}:[A-Za-z0-9._~%!$&*+=@#-]{3,128})"#, 1, curl_user),
+    ("facebook_app_token", r"\b[0-9]{15,16}\|[A-Za-z0-9_-]{27}\b", 0, token),
+    ("intra42_secret", r"\bs-s4t2(?:ud|af)-[a-f0-9]{64}\b", 0, token),
+    ("adobe_client_secret", r"\bp8e-[A-Za-z0-9]{32}\b", 0, token),
+    ("authorization_header", r#"(?i)\bauthorization["']?\s{0,3}[:=]\s{0,3}["']?(?:bearer|basic|token|apikey|api-key|api-token|digest|[a-z-]{0,12}token)\s{1,3}([A-Za-z0-9._~+/=-]{8,2048})"#, 1, token),
+    ("curl_basic_auth", r#"(?i)\bcurl\b(?s:.){0,300}?\s(?:-u|--user)\s{1,5}["']?([A-Za-z0-9._~%!$&*+=@-]{0,64}:["']?[A-Za-z0-9._~%!$&*+=@#-]{3,128})"#, 1, curl_user),
 ];
 
 /// Generic assignments: a key name that says "secret" followed by a value. Last in the set, so at the same start
 /// a provider format wins; when this one matches first, provider formats inside its value are preferred.
 const GENERIC: &[Row] = &[(
     "generic_secret",
-    r#"(?i)\b[A-Za-z0-9_.-]{0,40}(?:secret|passwd|password|passphrase|pwd|token|api_?key|apikey|access_?key|auth_?key|private_?key|client_?secret|credential|credentials|auth|key|pass|creds)[A-Za-z0-9_.-]{0,20}["'\]]?\s{0,3}(?::=|=>|=|:|,|\s)\s{0,3}(?:new\s+)?(?:String\(|str\()?["'`]?([A-Za-z0-9_.~+/=@!$%^&*#?-]{8,200})"#,
-    1,
+    r#"(?i)\b[a-z0-9_.-]{0,40}(?:secret|passwd|password|passphrase|pwd|token|api_?key|api-key|access_?key|auth_?key|private_?key|credentials?|auth|key|pass|creds|login)[a-z0-9_.-]{0,3}["'\]]{0,2}[ \t]{0,3}(?:[:=]{1,3}>?|\?=|,)[ \t]{0,3}(?:new[ \t]+)?(?:String\(|str\()?["'`]?[A-Za-z0-9_.~+/=@!$%^&*#?\x80-\xFF-]{8,200}"#,
+    0,
     generic,
 )];
 
@@ -200,7 +207,11 @@ pub(crate) fn is_placeholder(v: &str) -> bool {
         "password_here",
         "abcdef",
         "123456",
+        "abc123",
+        "123abc",
         "qwerty",
+        "####",
+        "here",
     ];
     if WORDS.iter().any(|w| l.contains(w)) {
         return true;
@@ -216,6 +227,10 @@ pub(crate) fn is_placeholder(v: &str) -> bool {
 fn token(hay: &str, span: Range<usize>) -> Option<Range<usize>> {
     let v = hay.get(span.clone())?;
     if is_placeholder(v) {
+        return None;
+    }
+    // `video_box.ico-7a38...png`: a token right after a dot is part of a file or host name.
+    if span.start > 0 && hay.as_bytes()[span.start - 1] == b'.' {
         return None;
     }
     // Provider tokens are random: a long run of one class with almost no variety is a template.
@@ -243,13 +258,9 @@ fn private_key(hay: &str, span: Range<usize>) -> Option<Range<usize>> {
     Some(span.start..span.start + trimmed.len())
 }
 
-fn jwt(hay: &str, span: Range<usize>) -> Option<Range<usize>> {
-    let v = hay.get(span.clone())?;
-    let header = v.split('.').next()?;
-    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let decoded = engine.decode(header.trim_end_matches('=')).ok()?;
-    let text = std::str::from_utf8(&decoded).ok()?;
-    (text.contains("\"alg\"") || text.contains("\"typ\"")).then_some(span)
+/// A fixed marker that only appears next to a credential (a service-account JSON).
+fn marker(_hay: &str, span: Range<usize>) -> Option<Range<usize>> {
+    Some(span)
 }
 
 fn password(hay: &str, span: Range<usize>) -> Option<Range<usize>> {
@@ -270,58 +281,129 @@ fn curl_user(hay: &str, span: Range<usize>) -> Option<Range<usize>> {
     if pass.len() < 3 || is_placeholder(pass) || pass.starts_with('$') {
         return None;
     }
-    let l = pass.to_ascii_lowercase();
-    if l.contains("password") || l.contains("passwd") || l == "pass" {
+    let l = pass.trim_matches(['"', '\'']).to_ascii_lowercase();
+    if l.contains("password")
+        || l.contains("passwd")
+        || matches!(l.as_str(), "pass" | "token" | "secret" | "apikey" | "api_key" | "key")
+        || l.starts_with(['$', '<', '{', '['])
+    {
         return None;
     }
     Some(span)
 }
 
-/// A generic `key = value`: the value must look random, not like a word, a path, a number or an identifier.
+#[inline]
+fn is_value_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b >= 0x80 || b"_.~+/=@!$%^&*#?-".contains(&b)
+}
+
+/// Key names that hold something next to a secret rather than the secret (`credentialsId`, `key_name`).
+const KEY_SUFFIXES_NOT_SECRET: &[&str] = &[
+    "id", "ids", "name", "url", "uri", "file", "path", "type", "size", "length", "len", "count", "format",
+    "version", "hash", "event", "mode", "field", "prefix", "header", "env",
+];
+
+/// A generic `key = value`: the key must name a secret and the value must look random, not like a word, a
+/// path, a version, a host name, a number or an identifier.
 fn generic(hay: &str, span: Range<usize>) -> Option<Range<usize>> {
-    let mut v = hay.get(span.clone())?;
-    // Closing quotes and trailing punctuation are not part of a value.
-    let trimmed = v.trim_end_matches(['.', ',', ';', '?', '!', '*', '#']);
-    let end = span.start + trimmed.len();
-    v = trimmed;
-    if v.len() < 8 || is_placeholder(v) {
+    let m = hay.get(span.clone())?;
+    let b = m.as_bytes();
+    // key, then quotes/brackets/spaces, separator, spaces, optional `new String(` and a quote, then the value.
+    let key_end = b
+        .iter()
+        .position(|c| !(c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-')))?;
+    let key = m[..key_end].to_ascii_lowercase();
+    let mut i = key_end;
+    while i < b.len() && matches!(b[i], b'"' | b'\'' | b']' | b' ' | b'\t') {
+        i += 1;
+    }
+    while i < b.len() && matches!(b[i], b':' | b'=' | b'>' | b'?' | b',') {
+        i += 1;
+    }
+    let rest = m[i..].trim_start_matches([' ', '\t']);
+    let rest = rest
+        .strip_prefix("new ")
+        .unwrap_or(rest)
+        .trim_start_matches("String(")
+        .trim_start_matches("str(")
+        .trim_start_matches(['"', '\'', '`']);
+    let value_start = span.start + (m.len() - rest.len());
+    let vlen = rest.bytes().take_while(|c| is_value_byte(*c)).count();
+    let v = rest[..vlen].trim_end_matches(['.', ',', ';', '?', '!', '*', '#']);
+    if v.ends_with("..") || rest[..vlen].ends_with("..") {
+        // Elided in the text ("ops_eyJzaWdu...") : a reference to a secret, not the secret.
+        return None;
+    }
+    let end = value_start + v.len();
+    if key.contains("public") || key.contains("pubkey") || key.starts_with("pub_") {
+        return None;
+    }
+    let bare_key = key.trim_end_matches(|c: char| c.is_ascii_digit() || c == '_' || c == '-' || c == '.');
+    if KEY_SUFFIXES_NOT_SECRET.iter().any(|s| bare_key.ends_with(s)) && !bare_key.ends_with("pwd") {
+        return None;
+    }
+    if v.len() < 10 || is_placeholder(v) || v.starts_with('$') {
         return None;
     }
     let lower = v.bytes().filter(u8::is_ascii_lowercase).count();
     let upper = v.bytes().filter(u8::is_ascii_uppercase).count();
     let digit = v.bytes().filter(u8::is_ascii_digit).count();
-    let other = v.len() - lower - upper - digit;
-    // Dotted identifiers (`XSalsa20.key_length`, `this.name`) and URLs are code, not secrets.
-    let ident = |p: &str| {
-        !p.is_empty()
-            && p.bytes()
-                .next()
-                .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
-            && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-    };
-    if v.contains('.') && v.split('.').all(ident) {
+    if v.starts_with("http") || v.starts_with('/') || v.starts_with("./") || v.starts_with("~/") {
         return None;
     }
-    if v.starts_with("http") || v.starts_with('/') || v.starts_with("./") {
-        return None;
+    // Versions (`jjwt-0.11.2`), dotted identifiers and host names (`XSalsa20.key_length`, `a.b.example.com`).
+    let segs: Vec<&str> = v.split('.').collect();
+    if segs.len() >= 2 {
+        let last = segs[segs.len() - 1];
+        let prev = segs[segs.len() - 2];
+        if !last.is_empty()
+            && last.bytes().all(|c| c.is_ascii_digit())
+            && prev.bytes().last().is_some_and(|c| c.is_ascii_digit())
+            && last.len() <= 4
+        {
+            return None;
+        }
+        let ident = |p: &str| {
+            p.bytes().next().is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
+                && p.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+        };
+        if segs.iter().all(|p| ident(p)) && last.bytes().all(|c| c.is_ascii_alphabetic() || c == b'_') {
+            return None;
+        }
     }
-    // A plain word or a CamelCase/snake identifier without digits is a name, not a secret.
-    if digit == 0 && (other == 0 || v.bytes().all(|b| b.is_ascii_alphabetic() || b == b'_' || b == b'-')) {
+    // Names made of words (`NEXUS-GPT4-API-KEY`, `DOC_Vector_5_32`, `env/cert.p12`): half the parts are words.
+    let parts: Vec<&str> = v.split(['-', '_', '.', '/', ':', '@']).filter(|p| !p.is_empty()).collect();
+    if parts.len() >= 2 {
+        let words = parts
+            .iter()
+            .filter(|p| p.len() >= 2 && p.bytes().all(|c| c.is_ascii_alphabetic()))
+            .count();
+        if words * 2 >= parts.len() {
+            return None;
+        }
+    }
+    // A word or an identifier without digits is a name, unless long, mixed-case and random.
+    if digit == 0 {
         let classes = usize::from(lower > 0) + usize::from(upper > 0);
         if classes < 2 || v.len() < 20 || entropy(v) < 3.8 {
             return None;
         }
     }
-    // Only digits: long enough to be an id or token, not a year, a port or a count.
-    if digit == v.len() && v.len() < 12 {
+    // Only digits: long enough to be a token, not a date, a port or a count.
+    if digit == v.len() && v.len() < 16 {
         return None;
     }
-    let h = entropy(v);
-    let needed = if v.len() >= 20 { 3.0 } else { 2.7 };
-    if h < needed {
+    let needed = if digit == v.len() {
+        2.8
+    } else if v.len() >= 20 {
+        3.2
+    } else {
+        3.0
+    };
+    if entropy(v) < needed {
         return None;
     }
-    Some(span.start..end)
+    Some(value_start..end)
 }
 
 #[cfg(test)]

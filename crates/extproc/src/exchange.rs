@@ -188,7 +188,9 @@ impl<'s> Exchange<'s> {
                 Ok(resp)
             }
             (Stage::ResponseBody, Some(Msg::ResponseBody(b))) => Ok(self.response_body(b)),
-            (Stage::Done, Some(Msg::ResponseBody(_))) => Ok(answer(Answer::ResponseBody(BodyResponse::default()))),
+            (Stage::Done, Some(Msg::ResponseBody(_))) => {
+                Ok(answer(Answer::ResponseBody(BodyResponse::default())))
+            }
             (_, Some(Msg::RequestTrailers(_))) => {
                 Ok(answer(Answer::RequestTrailers(TrailersResponse::default())))
             }
@@ -332,8 +334,12 @@ impl<'s> Exchange<'s> {
         let mut json: Value = match serde_json::from_slice(&body) {
             Ok(v) => v,
             Err(e) => {
-                let rec = CheckRecord::new("parse", CheckVerdict::Error)
-                    .reason(format!("body is not valid JSON ({:?} at line {}, column {})", e.classify(), e.line(), e.column()));
+                let rec = CheckRecord::new("parse", CheckVerdict::Error).reason(format!(
+                    "body is not valid JSON ({:?} at line {}, column {})",
+                    e.classify(),
+                    e.line(),
+                    e.column()
+                ));
                 return self.unreadable_request(
                     rec,
                     400,
@@ -395,11 +401,17 @@ impl<'s> Exchange<'s> {
         };
         let shadow = self.snap.candidate.as_ref().and_then(|candidate| {
             let theirs = candidate.route_by_name(&route.name)?;
-            let blocked = inspect(candidate, theirs, Direction::Request, &pieces).blocked_by.is_some();
+            let blocked = inspect(candidate, theirs, Direction::Request, &pieces)
+                .blocked_by
+                .is_some();
             let ours = found.blocked_by.is_some() || model_denial.is_some();
             Some(ShadowOutcome {
                 bundle: candidate.bundle.clone(),
-                verdict: if blocked { Verdict::Deny } else { Verdict::Allow },
+                verdict: if blocked {
+                    Verdict::Deny
+                } else {
+                    Verdict::Allow
+                },
                 agrees: blocked == ours,
             })
         });

@@ -36,18 +36,28 @@ pub fn load(path: &Path, opts: CompileOptions) -> Result<Snapshot, Vec<Problem>>
     let sources = read_sources(path)?;
     let mut snap = compile_sources(&sources, opts)?;
     if let Some(rel) = snap.candidate_path.clone() {
-        let base = if path.is_dir() { path } else { path.parent().unwrap_or(Path::new(".")) };
+        let base = if path.is_dir() {
+            path
+        } else {
+            path.parent().unwrap_or(Path::new("."))
+        };
         let cpath = base.join(&rel);
-        let candidate = read_sources(&cpath).and_then(|s| compile_sources(&s, opts)).map_err(|problems| {
-            let mut out = vec![Problem {
-                file: sources.first().map(|s| s.name.clone()).unwrap_or_default(),
-                line: None,
-                path: "candidate".into(),
-                message: format!("candidate bundle {} is invalid ({} problem(s) below)", cpath.display(), problems.len()),
-            }];
-            out.extend(problems);
-            out
-        })?;
+        let candidate = read_sources(&cpath)
+            .and_then(|s| compile_sources(&s, opts))
+            .map_err(|problems| {
+                let mut out = vec![Problem {
+                    file: sources.first().map(|s| s.name.clone()).unwrap_or_default(),
+                    line: None,
+                    path: "candidate".into(),
+                    message: format!(
+                        "candidate bundle {} is invalid ({} problem(s) below)",
+                        cpath.display(),
+                        problems.len()
+                    ),
+                }];
+                out.extend(problems);
+                out
+            })?;
         snap.candidate = Some(std::sync::Arc::new(candidate));
     }
     Ok(snap)

@@ -8,7 +8,10 @@ use lifeguard_policy::{CompileOptions, compile_str, decide};
 use serde_json::json;
 
 fn fixture(name: &str) -> String {
-    format!("{}/../../tests/fixtures/jwt/{name}", env!("CARGO_MANIFEST_DIR"))
+    format!(
+        "{}/../../tests/fixtures/jwt/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
 }
 
 fn bundle() -> String {
@@ -55,8 +58,21 @@ fn claims() -> serde_json::Value {
            "groups": ["search", "ops"], "azp": "notebook", "ctx": {"env": "prod"}})
 }
 
-fn check(token: &str) -> (Option<u16>, Option<&'static str>, Option<lifeguard_core::Identity>) {
-    let snap = compile_str("jwt.yaml", &bundle(), CompileOptions { read_external: true }).unwrap_or_else(|p| panic!("{p:#?}"));
+fn check(
+    token: &str,
+) -> (
+    Option<u16>,
+    Option<&'static str>,
+    Option<lifeguard_core::Identity>,
+) {
+    let snap = compile_str(
+        "jwt.yaml",
+        &bundle(),
+        CompileOptions {
+            read_external: true,
+        },
+    )
+    .unwrap_or_else(|p| panic!("{p:#?}"));
     let facts = RequestFacts {
         method: "POST".into(),
         path: "/v1/chat/completions".into(),
@@ -64,16 +80,32 @@ fn check(token: &str) -> (Option<u16>, Option<&'static str>, Option<lifeguard_co
         context: HashMap::new(),
     };
     let d = decide(&snap, &facts, jiff::Timestamp::now());
-    (d.denial.as_ref().map(|x| x.status), d.denial.as_ref().map(|x| x.code), d.identity)
+    (
+        d.denial.as_ref().map(|x| x.status),
+        d.denial.as_ref().map(|x| x.code),
+        d.identity,
+    )
 }
 
 #[test]
 fn each_algorithm_verifies_and_maps_claims() {
-    for (alg, kid, pem) in [(Algorithm::RS256, "rsa-1", "rs256.pem"), (Algorithm::ES256, "ec-1", "es256.pem"), (Algorithm::EdDSA, "ed-1", "ed25519.pem")] {
+    for (alg, kid, pem) in [
+        (Algorithm::RS256, "rsa-1", "rs256.pem"),
+        (Algorithm::ES256, "ec-1", "es256.pem"),
+        (Algorithm::EdDSA, "ed-1", "ed25519.pem"),
+    ] {
         let (status, _, identity) = check(&token(alg, kid, pem, claims()));
         assert_eq!(status, None, "{alg:?}");
         let id = identity.expect("identity");
-        assert_eq!((id.id.as_str(), id.team.as_str(), id.app.as_str(), id.env.as_str()), ("alice", "search", "notebook", "prod"));
+        assert_eq!(
+            (
+                id.id.as_str(),
+                id.team.as_str(),
+                id.app.as_str(),
+                id.env.as_str()
+            ),
+            ("alice", "search", "notebook", "prod")
+        );
         assert_eq!(id.models, vec!["gpt-4o*".to_string()]);
     }
 }
@@ -82,19 +114,31 @@ fn each_algorithm_verifies_and_maps_claims() {
 fn refusals() {
     let mut c = claims();
     c["exp"] = json!(now() - 3600);
-    assert_eq!(check(&token(Algorithm::ES256, "ec-1", "es256.pem", c)).1, Some("invalid_token"));
+    assert_eq!(
+        check(&token(Algorithm::ES256, "ec-1", "es256.pem", c)).1,
+        Some("invalid_token")
+    );
 
     let mut c = claims();
     c["aud"] = json!("someone-else");
-    assert_eq!(check(&token(Algorithm::ES256, "ec-1", "es256.pem", c)).0, Some(401));
+    assert_eq!(
+        check(&token(Algorithm::ES256, "ec-1", "es256.pem", c)).0,
+        Some(401)
+    );
 
     let mut c = claims();
     c["nbf"] = json!(now() + 3600);
-    assert_eq!(check(&token(Algorithm::ES256, "ec-1", "es256.pem", c)).0, Some(401));
+    assert_eq!(
+        check(&token(Algorithm::ES256, "ec-1", "es256.pem", c)).0,
+        Some(401)
+    );
 
     let mut c = claims();
     c["iss"] = json!("https://evil.example.com");
-    assert_eq!(check(&token(Algorithm::ES256, "ec-1", "es256.pem", c)).0, Some(401));
+    assert_eq!(
+        check(&token(Algorithm::ES256, "ec-1", "es256.pem", c)).0,
+        Some(401)
+    );
 
     // Tampered: payload swapped after signing.
     let good = token(Algorithm::RS256, "rsa-1", "rs256.pem", claims());
@@ -106,23 +150,37 @@ fn refusals() {
     assert_eq!(check(&parts.join(".")).0, Some(401));
 
     // Signed by a key the JWKS does not hold for that kid.
-    assert_eq!(check(&token(Algorithm::ES256, "rsa-1", "es256.pem", claims())).0, Some(401));
+    assert_eq!(
+        check(&token(Algorithm::ES256, "rsa-1", "es256.pem", claims())).0,
+        Some(401)
+    );
 
     // HS256 with the public key as secret (the classic confusion) is refused outright.
-    let hs = encode(&Header::new(Algorithm::HS256), &claims(), &EncodingKey::from_secret(b"x")).unwrap();
+    let hs = encode(
+        &Header::new(Algorithm::HS256),
+        &claims(),
+        &EncodingKey::from_secret(b"x"),
+    )
+    .unwrap();
     assert_eq!(check(&hs).0, Some(401));
 
     // Valid token, wrong team for the route: 403, not 401.
     let mut c = claims();
     c["groups"] = json!(["billing"]);
-    assert_eq!(check(&token(Algorithm::EdDSA, "ed-1", "ed25519.pem", c)).0, Some(403));
+    assert_eq!(
+        check(&token(Algorithm::EdDSA, "ed-1", "ed25519.pem", c)).0,
+        Some(403)
+    );
 }
 
 #[test]
 fn clock_skew_is_tolerated() {
     let mut c = claims();
     c["exp"] = json!(now() - 10);
-    assert_eq!(check(&token(Algorithm::EdDSA, "ed-1", "ed25519.pem", c)).0, None);
+    assert_eq!(
+        check(&token(Algorithm::EdDSA, "ed-1", "ed25519.pem", c)).0,
+        None
+    );
 }
 
 fn base64_url(bytes: &[u8]) -> String {

@@ -209,8 +209,19 @@ fn read(path: &Path) -> Result<String, ExitCode> {
     })
 }
 
-pub fn eval(bundle: &Path, corpus: &Path, split: Option<&str>, threshold: Option<f32>, json: bool) -> ExitCode {
-    let snap = match load(bundle, CompileOptions { read_external: false }) {
+pub fn eval(
+    bundle: &Path,
+    corpus: &Path,
+    split: Option<&str>,
+    threshold: Option<f32>,
+    json: bool,
+) -> ExitCode {
+    let snap = match load(
+        bundle,
+        CompileOptions {
+            read_external: false,
+        },
+    ) {
         Ok(s) => s,
         Err(problems) => {
             for p in &problems {
@@ -226,7 +237,10 @@ pub fn eval(bundle: &Path, corpus: &Path, split: Option<&str>, threshold: Option
     let threshold = threshold.unwrap_or(snap.injection.get(lifeguard_core::Tier::User));
     match lifeguard_detect::eval::run(&snap.scanner, &text, split, threshold) {
         Ok(report) if json => {
-            println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).unwrap_or_default()
+            );
             ExitCode::SUCCESS
         }
         Ok(report) => {

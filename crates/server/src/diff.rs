@@ -42,30 +42,66 @@ fn outcome(snap: &Snapshot, row: &Row, now: jiff::Timestamp) -> Outcome {
     let facts = RequestFacts {
         method: row.method.clone(),
         path: row.path.clone(),
-        headers: row.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect(),
+        headers: row
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect(),
         context: row.context.clone(),
     };
     let d = decide(snap, &facts, now);
-    let route_name = d.route.map(|r| r.name.clone()).unwrap_or_else(|| "-".into());
+    let route_name = d
+        .route
+        .map(|r| r.name.clone())
+        .unwrap_or_else(|| "-".into());
     if let Some(denial) = d.enforced() {
-        return Outcome::Block { route: route_name, check: format!("{}:{}", denial.check, denial.code) };
+        return Outcome::Block {
+            route: route_name,
+            check: format!("{}:{}", denial.check, denial.code),
+        };
     }
-    let (Some(route), Some(body)) = (d.route, &row.body) else { return Outcome::Allow };
+    let (Some(route), Some(body)) = (d.route, &row.body) else {
+        return Outcome::Allow;
+    };
     if route.mode == lifeguard_core::Mode::Monitor {
         return Outcome::Allow;
     }
     let (_, located) = request_pieces(body);
-    let texts: Vec<&str> = located.iter().map(|l| body.pointer(&l.pointer).and_then(Value::as_str).unwrap_or("")).collect();
-    let pieces: Vec<Piece<'_>> = located.iter().zip(&texts).map(|(l, t)| Piece { text: t, tier: l.tier, tool_call: l.tool_call }).collect();
+    let texts: Vec<&str> = located
+        .iter()
+        .map(|l| {
+            body.pointer(&l.pointer)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+        })
+        .collect();
+    let pieces: Vec<Piece<'_>> = located
+        .iter()
+        .zip(&texts)
+        .map(|(l, t)| Piece {
+            text: t,
+            tier: l.tier,
+            tool_call: l.tool_call,
+        })
+        .collect();
     match inspect(snap, route, Direction::Request, &pieces).blocked_by {
-        Some(check) => Outcome::Block { route: route_name, check },
+        Some(check) => Outcome::Block {
+            route: route_name,
+            check,
+        },
         None => Outcome::Allow,
     }
 }
 
 pub fn run(old: &Path, new: &Path, corpus: &Path, json: bool) -> ExitCode {
-    let opts = CompileOptions { read_external: false };
-    let bundles: Vec<Snapshot> = match [old, new].iter().map(|p| load(p, opts)).collect::<Result<Vec<_>, _>>() {
+    let opts = CompileOptions {
+        read_external: false,
+    };
+    let bundles: Vec<Snapshot> = match [old, new]
+        .iter()
+        .map(|p| load(p, opts))
+        .collect::<Result<Vec<_>, _>>()
+    {
         Ok(b) => b,
         Err(problems) => {
             for p in &problems {
@@ -86,7 +122,11 @@ pub fn run(old: &Path, new: &Path, corpus: &Path, json: bool) -> ExitCode {
     let mut newly_allowed: BTreeMap<(String, String), u64> = BTreeMap::new();
     let mut changed = Vec::new();
     let mut rows = 0u64;
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let row: Row = match serde_json::from_str(line) {
             Ok(r) => r,
             Err(e) => {
@@ -95,29 +135,47 @@ pub fn run(old: &Path, new: &Path, corpus: &Path, json: bool) -> ExitCode {
             }
         };
         rows += 1;
-        let (a, b) = (outcome(&bundles[0], &row, now), outcome(&bundles[1], &row, now));
+        let (a, b) = (
+            outcome(&bundles[0], &row, now),
+            outcome(&bundles[1], &row, now),
+        );
         if a == b {
             continue;
         }
-        let label = row.name.clone().unwrap_or_else(|| format!("line {}", i + 1));
+        let label = row
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("line {}", i + 1));
         match (&a, &b) {
             (Outcome::Allow, Outcome::Block { route, check }) => {
-                *newly_blocked.entry((route.clone(), check.clone())).or_default() += 1;
-                changed.push(format!("{label}: newly blocked on route {route} by {check}"));
+                *newly_blocked
+                    .entry((route.clone(), check.clone()))
+                    .or_default() += 1;
+                changed.push(format!(
+                    "{label}: newly blocked on route {route} by {check}"
+                ));
             }
             (Outcome::Block { route, check }, Outcome::Allow) => {
-                *newly_allowed.entry((route.clone(), check.clone())).or_default() += 1;
-                changed.push(format!("{label}: newly allowed on route {route} (was blocked by {check})"));
+                *newly_allowed
+                    .entry((route.clone(), check.clone()))
+                    .or_default() += 1;
+                changed.push(format!(
+                    "{label}: newly allowed on route {route} (was blocked by {check})"
+                ));
             }
             (Outcome::Block { check: c1, .. }, Outcome::Block { route, check: c2 }) => {
-                changed.push(format!("{label}: still blocked on route {route}, now by {c2} (was {c1})"));
+                changed.push(format!(
+                    "{label}: still blocked on route {route}, now by {c2} (was {c1})"
+                ));
             }
             _ => {}
         }
     }
     if json {
         let list = |m: &BTreeMap<(String, String), u64>| {
-            m.iter().map(|((r, c), n)| serde_json::json!({"route": r, "check": c, "requests": n})).collect::<Vec<_>>()
+            m.iter()
+                .map(|((r, c), n)| serde_json::json!({"route": r, "check": c, "requests": n}))
+                .collect::<Vec<_>>()
         };
         let out = serde_json::json!({
             "old": {"name": bundles[0].bundle.name, "hash": bundles[0].bundle.hash},
@@ -129,7 +187,14 @@ pub fn run(old: &Path, new: &Path, corpus: &Path, json: bool) -> ExitCode {
         });
         println!("{out:#}");
     } else {
-        println!("{} rows replayed: old {} ({}) -> new {} ({})", rows, bundles[0].bundle.name, bundles[0].bundle.hash, bundles[1].bundle.name, bundles[1].bundle.hash);
+        println!(
+            "{} rows replayed: old {} ({}) -> new {} ({})",
+            rows,
+            bundles[0].bundle.name,
+            bundles[0].bundle.hash,
+            bundles[1].bundle.name,
+            bundles[1].bundle.hash
+        );
         println!("newly blocked: {}", newly_blocked.values().sum::<u64>());
         for ((r, c), n) in &newly_blocked {
             println!("  route {r:<16} check {c:<32} {n}");

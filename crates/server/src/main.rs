@@ -95,11 +95,20 @@ fn main() -> ExitCode {
         Command::Validate { paths, resolve } => commands::validate(&paths, resolve),
         Command::Explain { bundle, request } => commands::explain(&bundle, &request),
         Command::Keys { command } => commands::keys(command),
-        Command::Eval { bundle, corpus, split, threshold, json } => {
-            commands::eval(&bundle, &corpus, split.as_deref(), threshold, json)
-        }
+        Command::Eval {
+            bundle,
+            corpus,
+            split,
+            threshold,
+            json,
+        } => commands::eval(&bundle, &corpus, split.as_deref(), threshold, json),
         Command::Train { corpus, out } => commands::train(&corpus, &out),
-        Command::Diff { old, new, corpus, json } => diff::run(&old, &new, &corpus, json),
+        Command::Diff {
+            old,
+            new,
+            corpus,
+            json,
+        } => diff::run(&old, &new, &corpus, json),
         Command::Schema => {
             println!("{:#}", lifeguard_policy::json_schema());
             ExitCode::SUCCESS

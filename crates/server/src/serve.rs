@@ -121,7 +121,11 @@ async fn serve(args: ServeArgs, first: lifeguard_policy::Snapshot) -> anyhow::Re
     tracing::info!(summary = %first.summary(), "bundle loaded");
     let store = Arc::new(Store::new(args.bundle.clone(), first, metrics.clone()));
     // Kept alive for the life of the server; dropping it stops watching.
-    let _watcher = if args.no_watch { None } else { crate::store::watch(store.clone()) };
+    let _watcher = if args.no_watch {
+        None
+    } else {
+        crate::store::watch(store.clone())
+    };
 
     let grpc = TcpListener::bind(args.grpc)
         .await

@@ -87,7 +87,10 @@ fn stamp(generation: &AtomicU64, metrics: &Metrics, snap: &mut Snapshot) {
 
 /// What makes two loads the same version: the bundle's content hash and its candidate's.
 fn identity(s: &Snapshot) -> (String, Option<String>) {
-    (s.bundle.hash.clone(), s.candidate.as_ref().map(|c| c.bundle.hash.clone()))
+    (
+        s.bundle.hash.clone(),
+        s.candidate.as_ref().map(|c| c.bundle.hash.clone()),
+    )
 }
 
 /// Watches the bundle for changes and reloads. A file bundle is watched through its directory, so editors'
@@ -97,14 +100,20 @@ pub fn watch(store: Arc<Store>) -> Option<notify::RecommendedWatcher> {
     let target = if store.path.is_dir() {
         store.path.clone()
     } else {
-        store.path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+        store
+            .path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
     };
     let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let mut watcher = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
-            let _ = tx.send(());
-        }
-    }) {
+    let mut watcher = match notify::recommended_watcher(
+        move |res: notify::Result<notify::Event>| {
+            if res.is_ok() {
+                let _ = tx.send(());
+            }
+        },
+    ) {
         Ok(w) => w,
         Err(e) => {
             tracing::warn!(error = %e, "cannot watch the bundle; reload with SIGHUP or POST /reload");

@@ -27,7 +27,11 @@ pub struct Telemetry {
 
 impl Telemetry {
     pub fn new(metrics: Arc<Metrics>, audit: Option<AuditLog>, otlp: Option<OtlpExporter>) -> Self {
-        Telemetry { metrics, audit, otlp }
+        Telemetry {
+            metrics,
+            audit,
+            otlp,
+        }
     }
 
     /// Flushes spans still queued (on shutdown), waiting at most `timeout`.
