@@ -263,9 +263,12 @@ impl RegexSet {
                 return;
             };
             let pid = m.pattern();
-            if !self.specs[pid.as_usize()].generic
-                && let Some(span) = self.accept(cache, hay, pid, m.range())
-            {
+            if self.specs[pid.as_usize()].generic {
+                // Another generic reading of the same text: look further for a specific token.
+                at = m.start() + 1;
+                continue;
+            }
+            if let Some(span) = self.accept(cache, hay, pid, m.range()) {
                 out.push(self.finding(pid, base, span));
             }
             at = m.end().max(m.start() + 1);

@@ -23,7 +23,7 @@ const PROVIDERS: &[Row] = &[
     ("aws_access_key", r"\b(?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16}\b", 0, token),
     ("aws_secret_key", r#"(?i)aws[A-Za-z0-9_. -]{0,30}["']?\s{0,3}(?::=|=>|=|:)\s{0,3}["']?([A-Za-z0-9/+=]{40})\b"#, 1, token),
     ("aws_bedrock_api_key", r"\bABSK[A-Za-z0-9+/]{109,269}={0,2}", 0, token),
-    ("aws_bedrock_api_key", r"\bbedrock-api-key-YmVkcm9jay5hbWF6b25hd3MuY29t[A-Za-z0-9+/=]{10,2000}", 0, token),
+    ("aws_bedrock_api_key", r"\bbedrock-api-key-YmVkcm9jay5hbWF6b25hd3MuY29t[A-Za-z0-9+/=]{0,2000}", 0, token),
     ("gcp_api_key", r"\bAIza[0-9A-Za-z_-]{35}", 0, token),
     ("gcp_service_account", r#""type"\s{0,3}:\s{0,3}"service_account""#, 0, marker),
     ("gcp_oauth_client_secret", r"\bGOCSPX-[A-Za-z0-9_-]{28}\b", 0, token),
@@ -86,22 +86,23 @@ const PROVIDERS: &[Row] = &[
     ("mailchimp_key", r"\b[a-f0-9]{32}-us[0-9]{1,2}\b", 0, token),
     ("mailgun_key", r"\b(?:key|pubkey)-[a-f0-9]{32}\b", 0, token),
     ("mapbox_token", r"\b(?:pk|sk)\.[A-Za-z0-9]{60,90}\.[A-Za-z0-9_-]{22}\b", 0, token),
-    ("newrelic_key", r"\b(?:NRAK-[A-Z0-9]{27}|NRJS-[a-f0-9]{19}|NRII-[A-Za-z0-9-]{32})\b", 0, token),
+    ("newrelic_key", r"\b(?:NRAK-[A-Za-z0-9]{27}|NRJS-[a-f0-9]{19}|NRII-[A-Za-z0-9-]{32})\b", 0, token),
+    ("lob_key", r"\b(?:live|test)_(?:pub_[a-f0-9]{31}|[a-f0-9]{35})\b", 0, token),
     ("notion_token", r"\bntn_[0-9]{11}[A-Za-z0-9]{32}[A-Za-z0-9]{3}\b", 0, token),
     ("octopus_deploy_key", r"\bAPI-[A-Z0-9]{26}\b", 0, token),
-    ("openshift_token", r"\bsha256~[A-Za-z0-9_-]{43}\b", 0, token),
+    ("openshift_token", r"\bsha256~[A-Za-z0-9_-]{43}", 0, token),
     ("perplexity_key", r"\bpplx-[A-Za-z0-9]{48}\b", 0, token),
     ("planetscale_token", r"\bpscale_(?:tkn|oauth|pw)_[A-Za-z0-9_=.-]{32,64}", 0, token),
     ("postman_token", r"\bPMAK-[a-fA-F0-9]{24}-[a-fA-F0-9]{34}\b", 0, token),
     ("prefect_token", r"\bpnu_[A-Za-z0-9]{36}\b", 0, token),
     ("pulumi_token", r"\bpul-[a-f0-9]{40}\b", 0, token),
     ("readme_token", r"\brdme_[a-z0-9]{70}\b", 0, token),
-    ("scalingo_token", r"\btk-us-[A-Za-z0-9_-]{48}\b", 0, token),
+    ("scalingo_token", r"\btk-us-[A-Za-z0-9_-]{48}", 0, token),
     ("sentry_token", r"\b(?:sntrys_eyJ[A-Za-z0-9+/=_]{60,400}|sntryu_[a-f0-9]{64}\b)", 0, token),
     ("settlemint_token", r"\bsm_(?:aat|pat|sat)_[A-Za-z0-9]{16}\b", 0, token),
     ("shippo_token", r"\bshippo_(?:live|test)_[a-fA-F0-9]{40}\b", 0, token),
     ("shopify_token", r"\bshp(?:at|ca|pa|ss)_[a-fA-F0-9]{32}\b", 0, token),
-    ("sidekiq_secret", r"(?i)\bBUNDLE_(?:ENTERPRISE__CONTRIBSYS__COM|GEMS__CONTRIBSYS__COM)[A-Za-z_]{0,10}[\x22\x27]?\s{0,3}(?::=|=>|=|:)?\s{0,3}[\x22\x27]?([a-f0-9]{8}:[a-f0-9]{8})\b", 1, token),
+    ("sidekiq_secret", r"(?i)\bBUNDLE_(?:ENTERPRISE__CONTRIBSYS__COM|GEMS__CONTRIBSYS__COM)[A-Za-z_]{0,10}[\x22\x27]?\s{0,3}(?::=|=>|=|:|,)?\s{0,3}[\x22\x27]?([a-f0-9]{8}:[a-f0-9]{8})\b", 1, token),
     ("sourcegraph_token", r"\bsgp_(?:[a-fA-F0-9]{16}|local)_[a-fA-F0-9]{40}\b", 0, token),
     ("square_token", r"\b(?:EAAA[A-Za-z0-9_-]{22,60}|sq0atp-[A-Za-z0-9_-]{22}|sq0csp-[A-Za-z0-9_-]{43})", 0, token),
     ("telegram_bot_token", r"\b[0-9]{5,16}:A[A-Za-z0-9_-]{34}\b", 0, token),
@@ -113,7 +114,7 @@ const PROVIDERS: &[Row] = &[
     ("facebook_app_token", r"\b[0-9]{15,16}\|[A-Za-z0-9_-]{27}\b", 0, token),
     ("intra42_secret", r"\bs-s4t2(?:ud|af)-[a-f0-9]{64}\b", 0, token),
     ("adobe_client_secret", r"\bp8e-[A-Za-z0-9]{32}\b", 0, token),
-    ("authorization_header", r#"(?i)\bauthorization["']?\s{0,3}[:=]\s{0,3}["']?(?:bearer|basic|token|apikey|api-key|api-token|digest|[a-z-]{0,12}token)\s{1,3}([A-Za-z0-9._~+/=-]{8,2048})"#, 1, token),
+    ("authorization_header", r#"(?i)\bauthorization["']?\s{0,3}[:=]\s{0,3}["']?(?:(?:bearer|basic|token|apikey|api-key|api-token|digest|[a-z-]{0,12}token)\s{1,3})?([A-Za-z0-9._~+/=-]{8,2048})"#, 1, token),
     ("curl_basic_auth", r#"(?i)\bcurl\b(?s:.){0,300}?\s(?:-u|--user)\s{1,5}["']?([A-Za-z0-9._~%!$&*+=@-]{0,64}:["']?[A-Za-z0-9._~%!$&*+=@#-]{3,128})"#, 1, curl_user),
 ];
 
@@ -121,7 +122,7 @@ const PROVIDERS: &[Row] = &[
 /// a provider format wins; when this one matches first, provider formats inside its value are preferred.
 const GENERIC: &[Row] = &[(
     "generic_secret",
-    r#"(?i)\b[a-z0-9_.-]{0,40}(?:secret|passwd|password|passphrase|pwd|token|api_?key|api-key|access_?key|auth_?key|private_?key|credentials?|auth|key|pass|creds|login)[a-z0-9_.-]{0,3}["'\]]{0,2}[ \t]{0,3}(?:[:=]{1,3}>?|\?=|,)[ \t]{0,3}(?:new[ \t]+)?(?:String\(|str\()?["'`]?[A-Za-z0-9_.~+/=@!$%^&*#?\x80-\xFF-]{8,200}"#,
+    r#"(?i)\b[a-z0-9_.-]{0,40}(?:secret|passwd|password|passphrase|pwd|token|api_?key|api-key|access_?key|auth_?key|private_?key|credentials?|auth|key|pass|creds|login)(?:[a-z]{0,3}|string|value|str|val)[_.-]?[0-9]{0,6}["'\]]{0,2}[ \t]{0,3}(?:[:=]{1,3}>?|\?=|,)[ \t]{0,3}(?:new[ \t]+)?(?:String\(|str\()?["'`]?[A-Za-z0-9_.~+/=@!$%^&*#?:|\x80-\xFF-]{8,300}"#,
     0,
     generic,
 )];
@@ -169,57 +170,27 @@ pub(crate) fn entropy(s: &str) -> f32 {
 /// Values that stand for a secret without being one.
 pub(crate) fn is_placeholder(v: &str) -> bool {
     let l = v.to_ascii_lowercase();
-    const WORDS: &[&str] = &[
-        "example",
-        "changeme",
-        "change_me",
-        "change-me",
-        "placeholder",
-        "your_",
-        "your-",
-        "yourkey",
-        "yoursecret",
-        "yourtoken",
-        "yourpassword",
-        "redacted",
-        "dummy",
-        "sample",
-        "insert",
-        "replace",
-        "fake",
-        "notreal",
-        "not_real",
-        "xxxx",
-        "****",
-        "....",
-        "<",
-        "${",
-        "{{",
-        "$(",
-        "%(",
-        "env[",
-        "process.env",
-        "os.environ",
-        "getenv",
-        "secret_here",
-        "token_here",
-        "key_here",
-        "password_here",
-        "abcdef",
-        "123456",
-        "abc123",
-        "123abc",
-        "qwerty",
-        "####",
-        "here",
+    // Markers nobody puts in a real secret.
+    const STRONG: &[&str] = &[
+        "example", "changeme", "change_me", "change-me", "placeholder", "your_", "your-", "yourkey",
+        "yoursecret", "yourtoken", "yourpassword", "redacted", "notreal", "not_real", "xxxx", "****", "....",
+        "<", "${", "{{", "$(", "%(", "env[", "process.env", "os.environ", "getenv", "secret_here",
+        "token_here", "key_here", "password_here",
     ];
-    if WORDS.iter().any(|w| l.contains(w)) {
+    // Words and runs that a long random token may contain by chance: only trusted in short values.
+    const WEAK: &[&str] = &[
+        "dummy", "sample", "insert", "replace", "fake", "abcdef", "123456", "abc123", "123abc", "qwerty",
+        "####", "here",
+    ];
+    if STRONG.iter().any(|w| l.contains(w)) || (v.len() <= 48 && WEAK.iter().any(|w| l.contains(w))) {
         return true;
     }
     // One repeated character, or a value made of a few characters over and over (xXxX, 0000, abababab).
     let distinct = {
         let mut seen = [false; 256];
-        v.bytes().filter(|b| !std::mem::replace(&mut seen[*b as usize], true)).count()
+        v.bytes()
+            .filter(|b| !std::mem::replace(&mut seen[*b as usize], true))
+            .count()
     };
     distinct <= 3
 }
@@ -294,7 +265,7 @@ fn curl_user(hay: &str, span: Range<usize>) -> Option<Range<usize>> {
 
 #[inline]
 fn is_value_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b >= 0x80 || b"_.~+/=@!$%^&*#?-".contains(&b)
+    b.is_ascii_alphanumeric() || b >= 0x80 || b"_.~+/=@!$%^&*#?:|-".contains(&b)
 }
 
 /// Key names that hold something next to a secret rather than the secret (`credentialsId`, `key_name`).
@@ -330,12 +301,16 @@ fn generic(hay: &str, span: Range<usize>) -> Option<Range<usize>> {
     let value_start = span.start + (m.len() - rest.len());
     let vlen = rest.bytes().take_while(|c| is_value_byte(*c)).count();
     let v = rest[..vlen].trim_end_matches(['.', ',', ';', '?', '!', '*', '#']);
-    if v.ends_with("..") || rest[..vlen].ends_with("..") {
+    if v.ends_with("..") || rest[..vlen].ends_with("..") || is_placeholder(&rest[..vlen]) {
         // Elided in the text ("ops_eyJzaWdu...") : a reference to a secret, not the secret.
         return None;
     }
     let end = value_start + v.len();
-    if key.contains("public") || key.contains("pubkey") || key.starts_with("pub_") {
+    if ["public", "pubkey", "primarykey", "primary_key", "foreignkey", "foreign_key", "sortkey", "sort_key"]
+        .iter()
+        .any(|k| key.contains(k))
+        || key.starts_with("pub_")
+    {
         return None;
     }
     let bare_key = key.trim_end_matches(|c: char| c.is_ascii_digit() || c == '_' || c == '-' || c == '.');
@@ -372,13 +347,21 @@ fn generic(hay: &str, span: Range<usize>) -> Option<Range<usize>> {
         }
     }
     // Names made of words (`NEXUS-GPT4-API-KEY`, `DOC_Vector_5_32`, `env/cert.p12`): half the parts are words.
-    let parts: Vec<&str> = v.split(['-', '_', '.', '/', ':', '@']).filter(|p| !p.is_empty()).collect();
+    let mut parts: Vec<&str> = v
+        .split(['-', '_', '.', '/', ':', '@', '='])
+        .filter(|p| !p.is_empty())
+        .collect();
+    // A short leading part is a token prefix (`pnu_`, `glc_`), not a word.
+    if parts.len() >= 3 && parts[0].len() <= 4 {
+        parts.remove(0);
+    }
     if parts.len() >= 2 {
-        let words = parts
+        let word_bytes: usize = parts
             .iter()
             .filter(|p| p.len() >= 2 && p.bytes().all(|c| c.is_ascii_alphabetic()))
-            .count();
-        if words * 2 >= parts.len() {
+            .map(|p| p.len())
+            .sum();
+        if word_bytes * 2 >= v.len() {
             return None;
         }
     }
@@ -394,7 +377,7 @@ fn generic(hay: &str, span: Range<usize>) -> Option<Range<usize>> {
         return None;
     }
     let needed = if digit == v.len() {
-        2.8
+        2.5
     } else if v.len() >= 20 {
         3.2
     } else {
