@@ -50,6 +50,7 @@ fmt: toolchain
 demo: setup build
 	scripts/demo.sh
 
-## bench: criterion benchmarks of every crate
+## bench: the load suite (Lifeguard vs an echo floor, through Envoy, reloads, OTLP, RSS) -> BENCHMARKS.md
 bench:
-	$(CARGO) bench --workspace
+	$(MAKE) setup
+	scripts/bench.sh

@@ -312,13 +312,24 @@ async fn one_exchange(ch: Channel, x: Arc<Exchange>, i: u64) -> Result<(), Strin
     if !skip_body {
         match &x.response {
             ResponseBody::Json(b) => {
-                round(&tx, &mut inbound, Some(body(b, true, false)), "response_body").await?;
+                round(
+                    &tx,
+                    &mut inbound,
+                    Some(body(b, true, false)),
+                    "response_body",
+                )
+                .await?;
             }
             ResponseBody::Sse(chunks) => {
                 let last = chunks.len().saturating_sub(1);
                 for (n, c) in chunks.iter().enumerate() {
-                    round(&tx, &mut inbound, Some(body(c, n == last, false)), "response_body")
-                        .await?;
+                    round(
+                        &tx,
+                        &mut inbound,
+                        Some(body(c, n == last, false)),
+                        "response_body",
+                    )
+                    .await?;
                 }
             }
         }
@@ -327,8 +338,15 @@ async fn one_exchange(ch: Channel, x: Arc<Exchange>, i: u64) -> Result<(), Strin
     drop(tx);
     match inbound.message().await {
         Ok(None) => Ok(()),
-        Ok(Some(extra)) => Err(format!("unexpected {} answer after the exchange", kind(&extra.response))),
-        Err(s) => Err(format!("ext_proc ended with {:?} {}", s.code(), s.message())),
+        Ok(Some(extra)) => Err(format!(
+            "unexpected {} answer after the exchange",
+            kind(&extra.response)
+        )),
+        Err(s) => Err(format!(
+            "ext_proc ended with {:?} {}",
+            s.code(),
+            s.message()
+        )),
     }
 }
 
@@ -415,14 +433,20 @@ pub async fn probe_redaction(addr: SocketAddr) -> anyhow::Result<bool> {
     };
     let (tx, rx) = mpsc::channel(4);
     tx.send(x.request_headers(0)).await?;
-    let mut client = ExternalProcessorClient::new(conns.pick()).max_decoding_message_size(MAX_MESSAGE);
+    let mut client =
+        ExternalProcessorClient::new(conns.pick()).max_decoding_message_size(MAX_MESSAGE);
     let mut inbound = client.process(ReceiverStream::new(rx)).await?.into_inner();
     round(&tx, &mut inbound, None, "request_headers")
         .await
         .map_err(anyhow::Error::msg)?;
-    let answer = round(&tx, &mut inbound, Some(body(&x.request_body, true, true)), "request_body")
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let answer = round(
+        &tx,
+        &mut inbound,
+        Some(body(&x.request_body, true, true)),
+        "request_body",
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
     Ok(matches!(
         answer.response,
         Some(Answer::RequestBody(BodyResponse { response: Some(ref c) })) if c.body_mutation.is_some()

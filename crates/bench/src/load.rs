@@ -248,10 +248,7 @@ async fn closed_loop(op: Op, cfg: &RunConfig, start: Instant, in_flight: usize) 
     tally
 }
 
-fn record(
-    tally: &mut Tally,
-    done: Result<(Duration, Result<(), String>), tokio::task::JoinError>,
-) {
+fn record(tally: &mut Tally, done: Result<(Duration, Result<(), String>), tokio::task::JoinError>) {
     match done {
         Ok((latency, result)) => tally.add(latency, result),
         Err(e) => tally.error(format!("request task failed: {e}")),
@@ -319,7 +316,11 @@ mod tests {
         let r = run(sleeper(20), &cfg).await;
         assert_eq!(r.ok, 100);
         assert_eq!(r.errors, 0);
-        assert!(r.quantile_us(0.99) > 1_000_000.0, "p99 {}", r.quantile_us(0.99));
+        assert!(
+            r.quantile_us(0.99) > 1_000_000.0,
+            "p99 {}",
+            r.quantile_us(0.99)
+        );
         assert!(r.cpu_seconds.is_some());
     }
 
@@ -328,7 +329,11 @@ mod tests {
         let failing: Op = Arc::new(|i| {
             Box::pin(async move {
                 tokio::time::sleep(Duration::from_millis(5)).await;
-                if i % 2 == 0 { Ok(()) } else { Err(format!("odd {i}")) }
+                if i % 2 == 0 {
+                    Ok(())
+                } else {
+                    Err(format!("odd {i}"))
+                }
             })
         });
         let cfg = RunConfig {

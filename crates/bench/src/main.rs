@@ -144,7 +144,10 @@ async fn listen(args: &ServeArgs) -> anyhow::Result<tokio::net::TcpListener> {
     let addr = listener.local_addr()?;
     if let Some(path) = &args.ready_file {
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::json!({"addr": addr.to_string()}).to_string())?;
+        std::fs::write(
+            &tmp,
+            serde_json::json!({"addr": addr.to_string()}).to_string(),
+        )?;
         std::fs::rename(&tmp, path)?;
     }
     eprintln!("listening on {addr}");
@@ -181,9 +184,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
 
 async fn load(args: &LoadArgs) -> anyhow::Result<load::RunResult> {
     let op = match args.workload {
-        Workload::Check => {
-            grpc::check_op(grpc::Connections::open(args.target, args.connections as usize).await?, args.keys)
-        }
+        Workload::Check => grpc::check_op(
+            grpc::Connections::open(args.target, args.connections as usize).await?,
+            args.keys,
+        ),
         Workload::Extproc => {
             let response = if args.sse > 0 {
                 grpc::ResponseBody::Sse(workload::sse_chunks(args.sse))

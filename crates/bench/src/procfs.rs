@@ -27,7 +27,12 @@ pub fn parse_stat_ticks(stat: &str) -> anyhow::Result<u64> {
     let rest: Vec<&str> = stat[close + 1..].split_whitespace().collect();
     let field = |i: usize| -> anyhow::Result<u64> {
         rest.get(i)
-            .ok_or_else(|| anyhow!("/proc stat line has only {} fields after the name", rest.len()))?
+            .ok_or_else(|| {
+                anyhow!(
+                    "/proc stat line has only {} fields after the name",
+                    rest.len()
+                )
+            })?
             .parse::<u64>()
             .with_context(|| format!("field {} of /proc stat", i + 3))
     };

@@ -104,7 +104,8 @@ pub async fn measure(
         if w.ok == 0 {
             bail!(
                 "warm-up failed: {}",
-                w.first_error.unwrap_or_else(|| "no request completed".into())
+                w.first_error
+                    .unwrap_or_else(|| "no request completed".into())
             );
         }
     }
@@ -181,7 +182,12 @@ impl Proc {
     }
 
     /// Waits for a ready file `{"<field>": ADDR}`.
-    async fn ready(&mut self, file: &Path, field: &str, limit: Duration) -> anyhow::Result<SocketAddr> {
+    async fn ready(
+        &mut self,
+        file: &Path,
+        field: &str,
+        limit: Duration,
+    ) -> anyhow::Result<SocketAddr> {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(addr) = std::fs::read_to_string(file)
@@ -386,7 +392,9 @@ impl Suite {
             f.rate,
             f.p50,
             f.p99,
-            f.cpu_us.map(|c| format!("{c:.1}")).unwrap_or_else(|| "-".into()),
+            f.cpu_us
+                .map(|c| format!("{c:.1}"))
+                .unwrap_or_else(|| "-".into()),
             f.errors
         );
         self.figures.push(f.clone());
@@ -475,7 +483,11 @@ async fn run_in(a: &SuiteArgs, dir: &Path) -> anyhow::Result<String> {
         workload::bundle(a.keys, a.phrases, 0),
         workload::bundle(a.keys, a.phrases, 1),
     ];
-    let bundle = dir.join("bundle.yaml");
+    // The bundle gets a directory of its own: Lifeguard watches the bundle's directory, and logs or ready
+    // files written next to it would trigger reloads.
+    let bundle_dir = dir.join("bundle");
+    std::fs::create_dir_all(&bundle_dir)?;
+    let bundle = bundle_dir.join("bundle.yaml");
     std::fs::write(&bundle, &bundle_text[0])?;
     eprintln!(
         "bundle: {} keys, {} phrases, {:.1} MiB",
@@ -484,7 +496,11 @@ async fn run_in(a: &SuiteArgs, dir: &Path) -> anyhow::Result<String> {
         bundle_text[0].len() as f64 / 1048576.0
     );
     let lg = start_lifeguard(a, dir, "lifeguard", &bundle, None).await?;
-    eprintln!("lifeguard pid {} ready in {:.2?}", lg.proc.pid(), lg.started);
+    eprintln!(
+        "lifeguard pid {} ready in {:.2?}",
+        lg.proc.pid(),
+        lg.started
+    );
     let (echo, echo_addr) = start_helper(a, dir, "echo", &a.server_cpus).await?;
     let mut x = Extra {
         inspection_live: grpc::probe_redaction(lg.grpc).await.ok(),
@@ -509,13 +525,27 @@ async fn run_in(a: &SuiteArgs, dir: &Path) -> anyhow::Result<String> {
     if a.wants("grpc") {
         eprintln!("gRPC, direct:");
         for (t, c, pid) in &targets {
-            s.scenario("Check", t, grpc::check_op(c.clone(), a.keys), closed, Some(*pid), secs)
-                .await?;
+            s.scenario(
+                "Check",
+                t,
+                grpc::check_op(c.clone(), a.keys),
+                closed,
+                Some(*pid),
+                secs,
+            )
+            .await?;
         }
         for (t, c, pid) in &targets {
             let mode = Mode::Open { rate: a.check_rate };
-            s.scenario("Check", t, grpc::check_op(c.clone(), a.keys), mode, Some(*pid), secs)
-                .await?;
+            s.scenario(
+                "Check",
+                t,
+                grpc::check_op(c.clone(), a.keys),
+                mode,
+                Some(*pid),
+                secs,
+            )
+            .await?;
         }
         let mut sizes = vec![4096usize, 65536];
         if a.max_body_kib >= 1024 {
@@ -537,8 +567,15 @@ async fn run_in(a: &SuiteArgs, dir: &Path) -> anyhow::Result<String> {
         let name = format!("ext_proc SSE {} chunks", a.sse_chunks);
         for (t, c, pid) in &targets {
             let op = grpc::extproc_op(c.clone(), exchange(4096, false, a.sse_chunks, a.keys));
-            s.scenario(&name, t, op, Mode::Closed { in_flight: 8 }, Some(*pid), secs)
-                .await?;
+            s.scenario(
+                &name,
+                t,
+                op,
+                Mode::Closed { in_flight: 8 },
+                Some(*pid),
+                secs,
+            )
+            .await?;
         }
     }
 
@@ -550,7 +587,14 @@ async fn run_in(a: &SuiteArgs, dir: &Path) -> anyhow::Result<String> {
         let run_secs = secs.max(3.0);
         let op = grpc::extproc_op(lg_conns.clone(), exchange(4096, false, 0, a.keys));
         let base = s
-            .scenario("ext_proc 4 KiB, no reloads", "lifeguard", op.clone(), mode, Some(lg.proc.pid()), run_secs)
+            .scenario(
+                "ext_proc 4 KiB, no reloads",
+                "lifeguard",
+                op.clone(),
+                mode,
+                Some(lg.proc.pid()),
+                run_secs,
+            )
             .await?;
         let stop = Arc::new(AtomicBool::new(false));
         let reloader = tokio::spawn(reload_loop(
@@ -560,7 +604,14 @@ async fn run_in(a: &SuiteArgs, dir: &Path) -> anyhow::Result<String> {
             stop.clone(),
         ));
         let with = s
-            .scenario("ext_proc 4 KiB, reload every 1 s", "lifeguard", op, mode, Some(lg.proc.pid()), run_secs)
+            .scenario(
+                "ext_proc 4 KiB, reload every 1 s",
+                "lifeguard",
+                op,
+                mode,
+                Some(lg.proc.pid()),
+                run_secs,
+            )
             .await;
         stop.store(true, Ordering::Relaxed);
         let (ok, refused, mean_reload) = reloader.await.unwrap_or((0, 0, Duration::ZERO));
@@ -591,7 +642,14 @@ async fn run_in(a: &SuiteArgs, dir: &Path) -> anyhow::Result<String> {
             let conns = Connections::open(other.grpc, a.connections as usize).await?;
             let target = format!("otlp {label}");
             let c = s
-                .scenario("Check", &target, grpc::check_op(conns.clone(), a.keys), closed, Some(other.proc.pid()), secs)
+                .scenario(
+                    "Check",
+                    &target,
+                    grpc::check_op(conns.clone(), a.keys),
+                    closed,
+                    Some(other.proc.pid()),
+                    secs,
+                )
                 .await?;
             let e = s
                 .scenario(
@@ -616,7 +674,10 @@ async fn run_in(a: &SuiteArgs, dir: &Path) -> anyhow::Result<String> {
 
     if a.wants("envoy") {
         if a.envoy.is_file() {
-            eprintln!("through Envoy (open loop {:.0}/s, 4 KiB chat):", a.http_rate);
+            eprintln!(
+                "through Envoy (open loop {:.0}/s, 4 KiB chat):",
+                a.http_rate
+            );
             let (stub, stub_addr) = start_helper(a, dir, "stub", &a.load_cpus).await?;
             let template = std::fs::read_to_string(&a.envoy_template)
                 .with_context(|| format!("reading {}", a.envoy_template.display()))?;
@@ -672,7 +733,12 @@ async fn reload_loop(
         let (p, t) = (path.clone(), texts.clone());
         let g = generation;
         let written = tokio::task::spawn_blocking(move || {
-            let tmp = p.with_extension("tmp");
+            // Written beside the directory and renamed in, as a deploy tool would.
+            let tmp = p
+                .parent()
+                .and_then(Path::parent)
+                .unwrap_or(Path::new("."))
+                .join("bundle.next");
             std::fs::write(&tmp, &t[g % 2]).and_then(|_| std::fs::rename(&tmp, &p))
         })
         .await;
@@ -690,7 +756,11 @@ async fn reload_loop(
             _ => bad += 1,
         }
     }
-    let mean = if ok > 0 { total / ok as u32 } else { Duration::ZERO };
+    let mean = if ok > 0 {
+        total / ok as u32
+    } else {
+        Duration::ZERO
+    };
     (ok, bad, mean)
 }
 
@@ -712,7 +782,10 @@ async fn start_envoy(
     ] {
         text = text.replace(&format!("${{{k}}}"), &v);
     }
-    anyhow::ensure!(!text.contains("${"), "unrendered variable left in the Envoy template");
+    anyhow::ensure!(
+        !text.contains("${"),
+        "unrendered variable left in the Envoy template"
+    );
     let name = format!("envoy-{filters:?}").to_lowercase();
     let config = dir.join(format!("{name}.yaml"));
     std::fs::write(&config, text)?;
@@ -792,12 +865,23 @@ fn report(s: &Suite, x: &Extra, took: Duration) -> String {
         took.as_secs_f64()
     );
     let _ = writeln!(r, "## Machine\n\n| | |\n|---|---|");
-    let _ = writeln!(r, "| CPU | {model} |\n| logical CPUs (nproc) | {cpus} |\n| kernel | {kernel} |");
+    let _ = writeln!(
+        r,
+        "| CPU | {model} |\n| logical CPUs (nproc) | {cpus} |\n| kernel | {kernel} |"
+    );
     let _ = writeln!(
         r,
         "| pinning | Lifeguard, the echo floor and Envoy on CPU `{}`; the load tool and the stub upstream on CPU `{}` |",
-        if a.server_cpus.is_empty() { "any" } else { &a.server_cpus },
-        if a.load_cpus.is_empty() { "any" } else { &a.load_cpus }
+        if a.server_cpus.is_empty() {
+            "any"
+        } else {
+            &a.server_cpus
+        },
+        if a.load_cpus.is_empty() {
+            "any"
+        } else {
+            &a.load_cpus
+        }
     );
     let _ = writeln!(
         r,
@@ -871,7 +955,10 @@ fn report(s: &Suite, x: &Extra, took: Duration) -> String {
             );
         }
         let _ = writeln!(r);
-        if let Some(f) = s.figures.iter().find(|f| f.target == "lifeguard" && f.name.starts_with("ext_proc SSE"))
+        if let Some(f) = s
+            .figures
+            .iter()
+            .find(|f| f.target == "lifeguard" && f.name.starts_with("ext_proc SSE"))
             && let Some(c) = f.cpu_us
         {
             let floor = s
@@ -888,7 +975,11 @@ fn report(s: &Suite, x: &Extra, took: Duration) -> String {
             );
         }
         let mut mbs = Vec::new();
-        for f in s.figures.iter().filter(|f| f.target == "lifeguard" && f.name.contains(" MiB")) {
+        for f in s
+            .figures
+            .iter()
+            .filter(|f| f.target == "lifeguard" && f.name.contains(" MiB"))
+        {
             if let Some(c) = f.cpu_us {
                 let bytes = a.max_body_kib as f64 * 1024.0;
                 mbs.push(format!("{}: {:.0} MB/s", f.name, bytes / c));
@@ -941,7 +1032,11 @@ fn report(s: &Suite, x: &Extra, took: Duration) -> String {
         a.phrases,
         opt(x.rss_start.map(|b| b as f64), |b| mib(b as u64)),
         opt(x.rss_peak.map(|b| b as f64), |b| mib(b as u64)),
-        if x.reload.is_some() { " (reloads included: old and new snapshot coexist while swapping)" } else { "" }
+        if x.reload.is_some() {
+            " (reloads included: old and new snapshot coexist while swapping)"
+        } else {
+            ""
+        }
     );
 
     if !x.otlp.is_empty() {
@@ -1011,7 +1106,10 @@ fn report(s: &Suite, x: &Extra, took: Duration) -> String {
     // Budgets.
     let budgets = budgets(s, x);
     if !budgets.is_empty() {
-        let _ = writeln!(r, "## Budgets\n\n| budget | target | measured | |\n|---|---|---|---|");
+        let _ = writeln!(
+            r,
+            "## Budgets\n\n| budget | target | measured | |\n|---|---|---|---|"
+        );
         for b in &budgets {
             let _ = writeln!(
                 r,
@@ -1038,7 +1136,11 @@ fn report(s: &Suite, x: &Extra, took: Duration) -> String {
             a.criterion_dir.display()
         );
     } else {
-        let _ = writeln!(r, "From `{}/**/new/estimates.json`.\n\n| benchmark | mean | median |\n|---|--:|--:|", a.criterion_dir.display());
+        let _ = writeln!(
+            r,
+            "From `{}/**/new/estimates.json`.\n\n| benchmark | mean | median |\n|---|--:|--:|",
+            a.criterion_dir.display()
+        );
         for (name, mean, med) in crit {
             let _ = writeln!(r, "| {name} | {} | {} |", ns(mean), ns(med));
         }
@@ -1094,7 +1196,12 @@ fn budgets(s: &Suite, x: &Extra) -> Vec<Budget> {
         out.push(Budget {
             what: "Check: throughput vs the echo floor".into(),
             target: "≥ 60%".into(),
-            measured: format!("{:.0}% ({:.0}/s vs {:.0}/s)", 100.0 * lg.rate / echo.rate, lg.rate, echo.rate),
+            measured: format!(
+                "{:.0}% ({:.0}/s vs {:.0}/s)",
+                100.0 * lg.rate / echo.rate,
+                lg.rate,
+                echo.rate
+            ),
             pass: Some(lg.rate / echo.rate >= 0.6),
         });
     }
@@ -1112,10 +1219,19 @@ fn budgets(s: &Suite, x: &Extra) -> Vec<Budget> {
     }
     if a.max_body_kib >= 1024 {
         let name = format!("ext_proc {} clean", size_label(a.max_body_kib << 10));
-        let f = s.figures.iter().find(|f| f.name == name && f.target == "lifeguard");
-        let mbs = f.and_then(|f| f.cpu_us).map(|c| a.max_body_kib as f64 * 1024.0 / c);
+        let f = s
+            .figures
+            .iter()
+            .find(|f| f.name == name && f.target == "lifeguard");
+        let mbs = f
+            .and_then(|f| f.cpu_us)
+            .map(|c| a.max_body_kib as f64 * 1024.0 / c);
         out.push(Budget {
-            what: format!("{} body with {} phrases", size_label(a.max_body_kib << 10), a.phrases),
+            what: format!(
+                "{} body with {} phrases",
+                size_label(a.max_body_kib << 10),
+                a.phrases
+            ),
             target: "≥ 200 MB/s".into(),
             measured: opt(mbs, |m| format!("{m:.0} MB/s")),
             pass: mbs.map(|m| m >= 200.0),
@@ -1146,7 +1262,12 @@ fn budgets(s: &Suite, x: &Extra) -> Vec<Budget> {
         out.push(Budget {
             what: "reload every second: p99 vs no reloads".into(),
             target: "within 10%".into(),
-            measured: format!("{:+.0}% ({} vs {})", 100.0 * (ratio - 1.0), us(rl.with.p99), us(rl.base.p99)),
+            measured: format!(
+                "{:+.0}% ({} vs {})",
+                100.0 * (ratio - 1.0),
+                us(rl.with.p99),
+                us(rl.base.p99)
+            ),
             pass: Some(ratio <= 1.10),
         });
     }
@@ -1176,7 +1297,9 @@ fn criterion(dir: &Path) -> Vec<(String, f64, f64)> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in entries.flatten() {
             let p = e.path();
             if p.is_dir() {
@@ -1185,7 +1308,9 @@ fn criterion(dir: &Path) -> Vec<(String, f64, f64)> {
                 }
                 stack.push(p);
             } else if p.file_name().is_some_and(|n| n == "estimates.json")
-                && p.parent().and_then(|q| q.file_name()).is_some_and(|n| n == "new")
+                && p.parent()
+                    .and_then(|q| q.file_name())
+                    .is_some_and(|n| n == "new")
             {
                 let Some(v) = std::fs::read_to_string(&p)
                     .ok()

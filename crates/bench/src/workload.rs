@@ -23,7 +23,14 @@ pub fn key_id(i: u64) -> String {
 /// A custom phrase no generated body contains (the words are outside the filler vocabulary).
 pub fn phrase(i: usize) -> String {
     const A: [&str; 8] = [
-        "zephyr", "quokka", "obsidian", "marmalade", "tundra", "sprocket", "vellum", "kumquat",
+        "zephyr",
+        "quokka",
+        "obsidian",
+        "marmalade",
+        "tundra",
+        "sprocket",
+        "vellum",
+        "kumquat",
     ];
     const B: [&str; 8] = [
         "lantern", "gazebo", "nimbus", "paprika", "walrus", "quartz", "saffron", "trellis",
@@ -66,9 +73,37 @@ pub fn bundle(keys: u64, phrases: usize, generation: u64) -> String {
 }
 
 const FILLER: &[&str] = &[
-    "the", "quarterly", "report", "shows", "steady", "growth", "in", "our", "northern", "region", "while",
-    "costs", "remained", "flat", "please", "summarise", "key", "points", "for", "the", "board", "meeting",
-    "and", "list", "open", "questions", "about", "hiring", "plans", "next", "year",
+    "the",
+    "quarterly",
+    "report",
+    "shows",
+    "steady",
+    "growth",
+    "in",
+    "our",
+    "northern",
+    "region",
+    "while",
+    "costs",
+    "remained",
+    "flat",
+    "please",
+    "summarise",
+    "key",
+    "points",
+    "for",
+    "the",
+    "board",
+    "meeting",
+    "and",
+    "list",
+    "open",
+    "questions",
+    "about",
+    "hiring",
+    "plans",
+    "next",
+    "year",
 ];
 
 /// Prose of exactly `len` bytes; with `findings`, an e-mail address every ~4 KiB (PII to redact).
@@ -174,7 +209,10 @@ impl Filters {
 /// settings of a removed filter stay (Envoy accepts them for a filter that is not in the chain).
 pub fn envoy_variant(template: &str, filters: Filters) -> anyhow::Result<String> {
     let drop: &[&str] = match filters {
-        Filters::None => &["envoy.filters.http.ext_authz", "envoy.filters.http.ext_proc"],
+        Filters::None => &[
+            "envoy.filters.http.ext_authz",
+            "envoy.filters.http.ext_proc",
+        ],
         Filters::Authz => &["envoy.filters.http.ext_proc"],
         Filters::Full => &[],
     };
@@ -193,7 +231,9 @@ pub fn envoy_variant(template: &str, filters: Filters) -> anyhow::Result<String>
             while i < lines.len() {
                 let l = lines[i];
                 let lt = l.trim_start();
-                if !lt.is_empty() && (indent(l) < base || (indent(l) == base && lt.starts_with("- "))) {
+                if !lt.is_empty()
+                    && (indent(l) < base || (indent(l) == base && lt.starts_with("- ")))
+                {
                     break;
                 }
                 // A comment at the entry's own indentation introduces the next entry.
@@ -261,7 +301,10 @@ mod tests {
 
     #[test]
     fn envoy_variants_drop_the_filters() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/envoy/lifeguard.yaml");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../deploy/envoy/lifeguard.yaml"
+        );
         let t = std::fs::read_to_string(path).unwrap();
         let has = |s: &str, f: &str| s.contains(&format!("- name: envoy.filters.http.{f}"));
         let full = envoy_variant(&t, Filters::Full).unwrap();

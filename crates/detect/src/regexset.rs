@@ -190,44 +190,71 @@ impl RegexSet {
             if m.start() >= settled {
                 return settled.max(at);
             }
-            let pid = m.pattern();
-            let next = m.end().max(m.start() + 1);
-            self.process(cache, hay, base, m.start(), pid, m.range(), out);
-            at = next;
+            match self.process(cache, hay, base, m.pattern(), m.range(), settled, out) {
+                Some(next) => at = next,
+                // A generic match whose inner token could still grow: redo it with more input.
+                None => return m.start(),
+            }
         }
         at.max(settled.min(hay.len()))
     }
 
-    /// Validate one match (and its fall-backs) and push what is real.
+    /// Validate one match (and its fall-backs) and push what is real. Returns where the search goes on, or
+    /// `None` (nothing pushed) when the outcome depends on bytes not seen yet.
     #[allow(clippy::too_many_arguments)]
     fn process(
         &self,
         cache: &mut SetCache,
         hay: &str,
         base: usize,
-        start: usize,
         pid: PatternID,
         whole: Range<usize>,
+        settled: usize,
         out: &mut Vec<Finding>,
-    ) {
+    ) -> Option<usize> {
         let spec = &self.specs[pid.as_usize()];
+        let next = whole.end.max(whole.start + 1);
         let accepted = self.accept(cache, hay, pid, whole.clone());
         if spec.generic {
-            // A provider-specific token inside a generic assignment gets its own rule.
-            let before = out.len();
+            // A provider-specific token starting inside a generic assignment gets its own rule (it may run past
+            // the generic match, whose value stops at the first unusual byte).
             let inner_from = accepted
                 .as_ref()
-                .map(|r| r.start)
-                .unwrap_or(whole.start + 1)
+                .map_or(whole.start + 1, |r| r.start)
                 .max(whole.start + 1);
-            self.inner_specific(cache, hay, base, inner_from..whole.end, out);
-            if out.len() > before {
-                return;
+            let mut inner = Vec::new();
+            let mut at = inner_from;
+            let mut end = next;
+            while at < whole.end {
+                let input = Input::new(hay).range(at..);
+                let Some(m) = self.re.search_with(&mut cache.re, &input) else {
+                    break;
+                };
+                if m.start() >= whole.end {
+                    break;
+                }
+                if m.start() >= settled {
+                    return None;
+                }
+                let p = m.pattern();
+                if self.specs[p.as_usize()].generic {
+                    at = m.start() + 1;
+                    continue;
+                }
+                if let Some(span) = self.accept(cache, hay, p, m.range()) {
+                    inner.push(self.finding(p, base, span));
+                }
+                end = end.max(m.end());
+                at = m.end().max(m.start() + 1);
+            }
+            if !inner.is_empty() {
+                out.extend(inner);
+                return Some(end);
             }
         }
         if let Some(span) = accepted {
             out.push(self.finding(pid, base, span));
-            return;
+            return Some(next);
         }
         if spec.try_alternatives {
             for (i, s) in self.specs.iter().enumerate() {
@@ -236,43 +263,17 @@ impl RegexSet {
                 }
                 let alt = PatternID::new_unchecked(i);
                 let input = Input::new(hay)
-                    .range(start..)
+                    .range(whole.start..)
                     .anchored(Anchored::Pattern(alt));
                 if let Some(m2) = self.re.search_with(&mut cache.re, &input)
                     && let Some(span) = self.accept(cache, hay, alt, m2.range())
                 {
                     out.push(self.finding(alt, base, span));
-                    return;
+                    return Some(next.max(m2.end()));
                 }
             }
         }
-    }
-
-    fn inner_specific(
-        &self,
-        cache: &mut SetCache,
-        hay: &str,
-        base: usize,
-        range: Range<usize>,
-        out: &mut Vec<Finding>,
-    ) {
-        let mut at = range.start;
-        while at < range.end {
-            let input = Input::new(hay).range(at..range.end);
-            let Some(m) = self.re.search_with(&mut cache.re, &input) else {
-                return;
-            };
-            let pid = m.pattern();
-            if self.specs[pid.as_usize()].generic {
-                // Another generic reading of the same text: look further for a specific token.
-                at = m.start() + 1;
-                continue;
-            }
-            if let Some(span) = self.accept(cache, hay, pid, m.range()) {
-                out.push(self.finding(pid, base, span));
-            }
-            at = m.end().max(m.start() + 1);
-        }
+        Some(next)
     }
 
     /// Capture group extraction and validation for one pattern's match.

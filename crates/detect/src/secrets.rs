@@ -185,6 +185,19 @@ pub(crate) fn is_placeholder(v: &str) -> bool {
     if STRONG.iter().any(|w| l.contains(w)) || (v.len() <= 48 && WEAK.iter().any(|w| l.contains(w))) {
         return true;
     }
+    // Typed-in sequences (abcdef, 123456, klmnop) do not occur in generated secrets.
+    let b = l.as_bytes();
+    let mut run = 1;
+    for i in 1..b.len() {
+        if b[i].is_ascii_alphanumeric() && b[i] == b[i - 1].wrapping_add(1) {
+            run += 1;
+            if run >= 6 {
+                return true;
+            }
+        } else {
+            run = 1;
+        }
+    }
     // One repeated character, or a value made of a few characters over and over (xXxX, 0000, abababab).
     let distinct = {
         let mut seen = [false; 256];
@@ -306,7 +319,7 @@ fn generic(hay: &str, span: Range<usize>) -> Option<Range<usize>> {
         return None;
     }
     let end = value_start + v.len();
-    if ["public", "pubkey", "primarykey", "primary_key", "foreignkey", "foreign_key", "sortkey", "sort_key"]
+    if ["public", "pubkey", "csrf", "xsrf", "primarykey", "primary_key", "foreignkey", "foreign_key", "sortkey", "sort_key"]
         .iter()
         .any(|k| key.contains(k))
         || key.starts_with("pub_")
@@ -318,6 +331,23 @@ fn generic(hay: &str, span: Range<usize>) -> Option<Range<usize>> {
         return None;
     }
     if v.len() < 10 || is_placeholder(v) || v.starts_with('$') {
+        return None;
+    }
+    // Where a provider format exists, its own pattern decides (a rejected `xoxp-1234-...` is no secret).
+    const PROVIDER_PREFIXES: &[&str] = &[
+        "xox", "xapp-", "sk-ant-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "glpat-", "akia",
+        "asia", "aiza", "hf_", "npm_", "pypi-", "sg.", "sk_live_", "rk_live_", "sk_test_", "eyj",
+    ];
+    let vl = v.to_ascii_lowercase();
+    if PROVIDER_PREFIXES.iter().any(|p| vl.starts_with(p)) {
+        return None;
+    }
+    // `123456:A...` is a Telegram bot token shape; the Telegram pattern checks the bot id.
+    if let Some((id, rest)) = v.split_once(':')
+        && !id.is_empty()
+        && id.bytes().all(|c| c.is_ascii_digit())
+        && rest.starts_with('A')
+    {
         return None;
     }
     let lower = v.bytes().filter(u8::is_ascii_lowercase).count();
@@ -351,8 +381,8 @@ fn generic(hay: &str, span: Range<usize>) -> Option<Range<usize>> {
         .split(['-', '_', '.', '/', ':', '@', '='])
         .filter(|p| !p.is_empty())
         .collect();
-    // A short leading part is a token prefix (`pnu_`, `glc_`), not a word.
-    if parts.len() >= 3 && parts[0].len() <= 4 {
+    // A short leading part before a long random body is a token prefix (`pnu_`, `q-`), not a word.
+    if parts.len() >= 3 && parts[0].len() <= 4 && parts.iter().any(|p| p.len() >= 16) {
         parts.remove(0);
     }
     if parts.len() >= 2 {

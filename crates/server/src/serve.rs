@@ -19,6 +19,9 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::admin;
 use crate::store::{Store, load_for_serving};
 
+/// Descriptors of envoy.service.auth.v3 and envoy.service.ext_proc.v3 (built by build.rs from envoy-types' protos).
+const ENVOY_DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_services.bin"));
+
 #[derive(Args)]
 pub struct ServeArgs {
     /// Bundle file or directory.
@@ -148,12 +151,19 @@ async fn serve(args: ServeArgs, first: lifeguard_policy::Snapshot) -> anyhow::Re
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
 
+    // Server reflection lists Envoy's two services and health, so `buf curl` / grpcurl work without protos.
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(ENVOY_DESCRIPTORS)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
     let authz = AuthzService::new(store.current.clone(), sink.clone());
     let extproc = ExtProcService::new(store.current.clone(), sink.clone());
     let mut stop_grpc = shutdown_rx.clone();
     let grpc_server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(health_service)
+        .add_service(reflection)
         .add_service(AuthorizationServer::new(authz))
         .add_service(ExternalProcessorServer::new(extproc))
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
