@@ -857,7 +857,7 @@ fn report(s: &Suite, x: &Extra, took: Duration) -> String {
     let _ = writeln!(
         r,
         "# Benchmarks\n\nWritten by `{}` (scripts/bench.sh → `lifeguard-bench suite`); do not edit by hand. Every \
-         figure is the median of {} runs of {:.1} s (after a {:.1} s warm-up); the whole suite took {:.0} s.\n",
+         figure is the median of {} run(s) of {:.1} s (after a {:.1} s warm-up); the whole suite took {:.0} s.\n",
         a.command,
         a.runs,
         a.seconds,

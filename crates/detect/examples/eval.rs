@@ -31,7 +31,9 @@ fn main() {
         i += 1;
     }
     let Some(path) = path else {
-        eprintln!("usage: eval <corpus.jsonl> [--split test] [--threshold 0.5] [--json] [--show-errors]");
+        eprintln!(
+            "usage: eval <corpus.jsonl> [--split test] [--threshold 0.5] [--json] [--show-errors]"
+        );
         std::process::exit(2);
     };
     let corpus = match std::fs::read_to_string(&path) {
@@ -53,7 +55,10 @@ fn main() {
     match eval::run(&scanner, &corpus, split.as_deref(), threshold) {
         Ok(report) => {
             if json {
-                println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
             } else {
                 print!("{report}");
             }
@@ -74,11 +79,7 @@ fn main() {
                         .collect();
                     println!(
                         "{:>5} {:<16} {:.2} {:?} {:?}",
-                        m.line,
-                        m.kind,
-                        m.score,
-                        short,
-                        rules
+                        m.line, m.kind, m.score, short, rules
                     );
                 }
             }

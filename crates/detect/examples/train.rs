@@ -39,7 +39,9 @@ fn main() {
         i += 2;
     }
     let Some(path) = path else {
-        eprintln!("usage: train <corpus.jsonl> [--out FILE] [--cv K] [--epochs N] [--lr X] [--l2 X] [--bits N]");
+        eprintln!(
+            "usage: train <corpus.jsonl> [--out FILE] [--cv K] [--epochs N] [--lr X] [--l2 X] [--bits N]"
+        );
         std::process::exit(2);
     };
     let corpus = std::fs::read_to_string(&path).unwrap_or_else(|e| {
@@ -64,7 +66,9 @@ fn main() {
             let mut per_rule: HashMap<String, f32> = HashMap::new();
             for f in scanner.findings(t) {
                 if matches!(f.category, Category::Injection | Category::Jailbreak) {
-                    let w = per_rule.entry(format!("{:?}{}", f.category, f.rule)).or_insert(0.0);
+                    let w = per_rule
+                        .entry(format!("{:?}{}", f.category, f.rule))
+                        .or_insert(0.0);
                     *w = w.max(f.weight);
                 }
             }
@@ -87,7 +91,13 @@ fn main() {
             let score = 1.0 - (1.0 - p) * rule_keep[k];
             if (score >= 0.5) != *y && std::env::var_os("SHOW").is_some() {
                 let short: String = t.chars().take(150).collect();
-                println!("{} {:.2} p={:.2} {:?}", if *y { "FN" } else { "FP" }, score, p, short);
+                println!(
+                    "{} {:.2} p={:.2} {:?}",
+                    if *y { "FN" } else { "FP" },
+                    score,
+                    p,
+                    short
+                );
             }
             match (*y, score >= 0.5) {
                 (true, true) => tp += 1,

@@ -124,7 +124,7 @@ pub(crate) fn split(rules: &[CustomRule], errors: &mut Vec<CompileError>) -> Spl
                     validate: Some(non_empty),
                     generic: false,
                     try_alternatives: false,
-        weight: 1.0,
+                    weight: 1.0,
                 });
             }
         }

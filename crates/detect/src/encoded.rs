@@ -112,7 +112,7 @@ pub(crate) fn scan(
 }
 
 fn decode(run: &str) -> Option<String> {
-    let bytes = if run.len() % 2 == 0 && run.bytes().all(|b| b.is_ascii_hexdigit()) {
+    let bytes = if run.len().is_multiple_of(2) && run.bytes().all(|b| b.is_ascii_hexdigit()) {
         (0..run.len())
             .step_by(2)
             .map(|i| u8::from_str_radix(&run[i..i + 2], 16).ok())
@@ -143,7 +143,9 @@ fn check_run(phrases: &PhraseSet, run: &str, abs_start: usize, out: &mut Vec<Fin
     let mut any = false;
     let mut seen: Vec<String> = Vec::new();
     for f in inner {
-        if !matches!(f.category, Category::Injection | Category::Jailbreak) || seen.contains(&f.rule) {
+        if !matches!(f.category, Category::Injection | Category::Jailbreak)
+            || seen.contains(&f.rule)
+        {
             continue;
         }
         seen.push(f.rule.clone());

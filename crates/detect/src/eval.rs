@@ -111,11 +111,10 @@ pub fn run(
         if line.trim().is_empty() {
             continue;
         }
-        let row: serde_json::Value =
-            serde_json::from_str(line).map_err(|e| EvalError::Row {
-                line: line_no,
-                message: e.to_string(),
-            })?;
+        let row: serde_json::Value = serde_json::from_str(line).map_err(|e| EvalError::Row {
+            line: line_no,
+            message: e.to_string(),
+        })?;
         if let Some(want) = split
             && row.get("split").and_then(|s| s.as_str()) != Some(want)
         {
@@ -188,8 +187,9 @@ pub fn run(
                     .map(|f| f.span.clone())
                     .collect();
                 let c = ent.entry(gold_type.to_string()).or_default();
-                let overlaps =
-                    |a: &std::ops::Range<usize>, b: &std::ops::Range<usize>| a.start < b.end && b.start < a.end;
+                let overlaps = |a: &std::ops::Range<usize>, b: &std::ops::Range<usize>| {
+                    a.start < b.end && b.start < a.end
+                };
                 for g in &gold {
                     if pred.iter().any(|p| overlaps(p, g)) {
                         c.tp += 1;

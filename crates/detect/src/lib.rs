@@ -162,12 +162,7 @@ impl Scanner {
         if cfg.secrets {
             build(secrets::specs(), false, None, &mut errors);
         }
-        build(
-            parts.regexes,
-            true,
-            Some(&parts.regex_owner),
-            &mut errors,
-        );
+        build(parts.regexes, true, Some(&parts.regex_owner), &mut errors);
         match phrases {
             Some(phrases) if errors.is_empty() => Ok(Scanner {
                 inner: Arc::new(Inner {
@@ -264,8 +259,12 @@ impl Scanner {
 
 pub(crate) fn sort_findings(v: &mut [Finding]) {
     v.sort_by(|a, b| {
-        (a.span.start, a.span.end, &a.rule, a.category)
-            .cmp(&(b.span.start, b.span.end, &b.rule, b.category))
+        (a.span.start, a.span.end, &a.rule, a.category).cmp(&(
+            b.span.start,
+            b.span.end,
+            &b.rule,
+            b.category,
+        ))
     });
 }
 

@@ -196,7 +196,10 @@ impl Model {
             line,
             message: message.to_string(),
         };
-        let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+        let mut lines = text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty());
         match lines.next() {
             Some((_, l)) if l.trim() == FORMAT => {}
             _ => return Err(err(1, "missing format header")),

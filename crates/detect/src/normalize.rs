@@ -146,7 +146,8 @@ fn fold_char(c: char, out: &mut impl FnMut(char)) {
             out('e');
         }
         '\u{2018}' | '\u{2019}' | '\u{201A}' | '\u{201B}' | '\u{02BC}' | '\u{2032}' => out('\''),
-        '\u{201C}' | '\u{201D}' | '\u{201E}' | '\u{201F}' | '\u{00AB}' | '\u{00BB}' | '\u{2033}' => out('"'),
+        '\u{201C}' | '\u{201D}' | '\u{201E}' | '\u{201F}' | '\u{00AB}' | '\u{00BB}'
+        | '\u{2033}' => out('"'),
         '\u{2010}'..='\u{2015}' | '\u{2212}' => out('-'),
         _ => decompose_compatible(c, |d| {
             if is_combining_mark(d) || is_ignorable(d) {
@@ -262,13 +263,7 @@ fn fold_slow(text: &str, base: usize) -> Folded<'_> {
 }
 
 #[inline]
-fn push_space(
-    out: &mut String,
-    map: &mut Vec<(u32, u32)>,
-    prev_space: &mut bool,
-    a: u32,
-    b: u32,
-) {
+fn push_space(out: &mut String, map: &mut Vec<(u32, u32)>, prev_space: &mut bool, a: u32, b: u32) {
     if *prev_space {
         // The one space of a run covers the whole run.
         if let Some(last) = map.last_mut() {

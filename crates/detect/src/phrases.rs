@@ -322,12 +322,3 @@ pub(crate) fn label_for(c: Category) -> &'static str {
         Category::ToolCalls => "TOOL_CALL",
     }
 }
-
-/// Folded-byte range helper for tests.
-#[cfg(test)]
-pub(crate) fn find_all(set: &PhraseSet, text: &str) -> Vec<(String, std::ops::Range<usize>)> {
-    let f = crate::normalize::fold(text, 0);
-    let mut out = Vec::new();
-    set.scan(&f, true, true, 0, &mut out);
-    out.into_iter().map(|f| (f.rule, f.span)).collect()
-}

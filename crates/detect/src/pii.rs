@@ -77,7 +77,9 @@ impl std::fmt::Display for PiiType {
 
 /// Error for an unknown PII type name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown pii type `{0}` (expected one of email, phone, credit_card, iban, us_ssn, ip_address)")]
+#[error(
+    "unknown pii type `{0}` (expected one of email, phone, credit_card, iban, us_ssn, ip_address)"
+)]
 pub struct UnknownPiiType(pub String);
 
 impl FromStr for PiiType {
@@ -151,7 +153,7 @@ pub(crate) fn specs(types: &[PiiType]) -> Vec<PatternSpec> {
     add(
         PiiType::Phone,
         format!(
-            r"(?i)(?:\+[0-9]{{1,3}}[ .-]?(?:\(0\)[ .-]?)?(?:\([0-9]{{1,5}}\)[ .-]?)?[0-9]{{1,5}}(?:[ .-][0-9]{{1,5}}){{0,5}}|(?:{B}00?1[ .-])?(?:\([0-9]{{1,5}}\)[ .-]?|{B}[0-9]{{1,5}}[ .-])[0-9]{{2,8}}(?:[ .-][0-9]{{2,8}}){{0,4}}|{B}0[0-9]{{9,10}}|{B}[2-9][0-9]{{9}})(?:[ ]?(?:x|ext\.?|\#)[ ]?[0-9]{{1,6}})?(?:[ ]{{1,2}}[a-z][a-z]{{0,19}})?{B}"
+            r"(?i)(?:\+[1-9][0-9]{{6,14}}|\+[0-9]{{1,3}}[ .-]?(?:\(0\)[ .-]?)?(?:\([0-9]{{1,5}}\)[ .-]?)?[0-9]{{1,5}}(?:[ .-][0-9]{{1,5}}){{0,5}}|(?:{B}00?1[ .-])?(?:\([0-9]{{1,5}}\)[ .-]?|{B}[0-9]{{1,5}}[ .-])[0-9]{{2,8}}(?:[ .-][0-9]{{2,8}}){{0,4}}|{B}0[0-9]{{9,10}}|{B}[2-9][0-9]{{9}})(?:[ ]?(?:x|ext\.?|\#)[ ]?[0-9]{{1,6}})?(?:[ ]{{1,2}}[a-z][a-z]{{0,19}})?{B}"
         ),
         valid_phone,
     );
@@ -408,8 +410,30 @@ fn valid_card(hay: &str, span: Range<usize>) -> Option<Range<usize>> {
 
 /// Words that may follow a phone number without making it part of an address.
 const PHONE_WORDS: &[&str] = &[
-    "office", "fax", "mobile", "cell", "home", "work", "tel", "phone", "desk", "direct", "or", "and",
-    "to", "for", "if", "at", "is", "was", "ext", "extension", "mob", "main", "please", "call",
+    "office",
+    "fax",
+    "mobile",
+    "cell",
+    "home",
+    "work",
+    "tel",
+    "phone",
+    "desk",
+    "direct",
+    "or",
+    "and",
+    "to",
+    "for",
+    "if",
+    "at",
+    "is",
+    "was",
+    "ext",
+    "extension",
+    "mob",
+    "main",
+    "please",
+    "call",
 ];
 
 fn valid_phone(hay: &str, span: Range<usize>) -> Option<Range<usize>> {
@@ -429,7 +453,8 @@ fn valid_phone(hay: &str, span: Range<usize>) -> Option<Range<usize>> {
     }
     let intl = main.starts_with('+');
     if let Some(&b) = pre(hay, span.start).last()
-        && (b.is_ascii_alphanumeric() || matches!(b, b'.' | b'/' | b'-' | b'_' | b'$' | b'#' | b':'))
+        && (b.is_ascii_alphanumeric()
+            || matches!(b, b'.' | b'/' | b'-' | b'_' | b'$' | b'#' | b':'))
         && !intl
     {
         return None;
@@ -444,10 +469,15 @@ fn valid_phone(hay: &str, span: Range<usize>) -> Option<Range<usize>> {
         }
         // Thousands grouping (1 234 567, 12 000 000) is an amount.
         if groups.len() >= 3
-            && (groups[0].len() == 1 || groups[1..].iter().any(|g| *g == "000"))
+            && (groups[0].len() == 1 || groups[1..].contains(&"000"))
             && groups[1..].iter().all(|g| g.len() == 3)
             && !main.starts_with(['0', '('])
         {
+            return None;
+        }
+        // 123-45-6789 is the SSN shape (a rejected SSN is no phone); 1234-56-7890 an id of the same family.
+        let lens: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+        if main.contains('-') && (lens == [3, 2, 4] || lens == [4, 2, 4]) {
             return None;
         }
         // Postal codes: 1234-567, 12345-678.
@@ -474,14 +504,25 @@ fn valid_phone(hay: &str, span: Range<usize>) -> Option<Range<usize>> {
 /// YYYY-MM-DD or DD.MM.YYYY (or MM/DD/YYYY) at the start, whatever follows (a time, say).
 fn looks_like_date(s: &str) -> bool {
     let b = s.as_bytes();
-    let digits = |r: std::ops::Range<usize>| b.get(r).is_some_and(|x| x.iter().all(u8::is_ascii_digit));
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|x| x.iter().all(u8::is_ascii_digit));
     let sep = |i: usize| b.get(i).is_some_and(|c| matches!(c, b'-' | b'.' | b'/'));
     let num = |r: std::ops::Range<usize>| s.get(r).and_then(|x| x.parse::<u32>().ok()).unwrap_or(0);
-    let ymd = digits(0..4) && sep(4) && digits(5..7) && b.get(7) == b.get(4) && digits(8..10)
-        && (1..=12).contains(&num(5..7)) && (1..=31).contains(&num(8..10))
+    let ymd = digits(0..4)
+        && sep(4)
+        && digits(5..7)
+        && b.get(7) == b.get(4)
+        && digits(8..10)
+        && (1..=12).contains(&num(5..7))
+        && (1..=31).contains(&num(8..10))
         && b.get(10).is_none_or(|c| !c.is_ascii_digit());
-    let dmy = digits(0..2) && sep(2) && digits(3..5) && b.get(5) == b.get(2) && digits(6..10)
-        && (1..=31).contains(&num(0..2)) && (1..=31).contains(&num(3..5))
+    let dmy = digits(0..2)
+        && sep(2)
+        && digits(3..5)
+        && b.get(5) == b.get(2)
+        && digits(6..10)
+        && (1..=31).contains(&num(0..2))
+        && (1..=31).contains(&num(3..5))
         && (num(0..2) <= 12 || num(3..5) <= 12)
         && b.get(10).is_none_or(|c| !c.is_ascii_digit());
     ymd || dmy

@@ -57,7 +57,7 @@ pub fn redact(text: &str, findings: &[Finding], key: Option<&[u8]>) -> String {
         out.push_str("[REDACTED:");
         out.push_str(label);
         if let Some(k) = key {
-            let mac = hmac_sha256(k, text[s..e].as_bytes());
+            let mac = hmac_sha256(k, &text.as_bytes()[s..e]);
             out.push(':');
             for b in &mac[..4] {
                 out.push_str(&format!("{b:02x}"));

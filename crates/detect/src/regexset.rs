@@ -104,9 +104,7 @@ impl RegexSet {
                     .unicode_word_boundary(true)
                     .cache_capacity(4 << 20),
             )
-            .thompson(
-                regex_automata::nfa::thompson::Config::new().nfa_size_limit(Some(64 << 20)),
-            )
+            .thompson(regex_automata::nfa::thompson::Config::new().nfa_size_limit(Some(64 << 20)))
             .build_many(&pats)
             .map_err(|e| {
                 vec![BuildError {

@@ -144,7 +144,14 @@ impl StreamScan {
             st.resume = self.base + next;
             safe = safe.min(st.resume);
         }
-        self.enc = encoded::scan_stream(&inner.phrases, &self.buf, self.base, self.enc, eof, &mut out);
+        self.enc = encoded::scan_stream(
+            &inner.phrases,
+            &self.buf,
+            self.base,
+            self.enc,
+            eof,
+            &mut out,
+        );
         safe = safe.min(self.enc.from);
         if eof {
             safe = total;

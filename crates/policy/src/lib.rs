@@ -15,7 +15,8 @@ mod snapshot;
 mod source;
 
 pub use compile::{
-    CompileOptions, DEFAULT_MAX_BODY_BYTES, compile_sources, compile_str, hash_key, parse_hash,
+    CompileOptions, DEFAULT_MAX_BODY_BYTES, bundle_hash, compile_sources, compile_str, hash_key,
+    parse_hash,
 };
 pub use decide::{
     CheckDecision, CredentialHeader, Denial, MAX_CREDENTIAL_BYTES, ROUTE_CONTEXT_KEY, credential,

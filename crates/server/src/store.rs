@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use lifeguard_policy::{CompileOptions, Problem, Snapshot, load};
+use lifeguard_policy::{CompileOptions, Problem, Snapshot, bundle_hash, load, read_sources};
 use lifeguard_telemetry::Metrics;
 use parking_lot::Mutex;
 
@@ -18,6 +18,8 @@ pub struct Store {
     metrics: Arc<Metrics>,
     /// One reload at a time; concurrent triggers (file watch, SIGHUP, POST /reload) queue behind it.
     reloading: Mutex<()>,
+    /// Hash of the sources (bundle and candidate) of the snapshot in force.
+    fingerprint: Mutex<Option<String>>,
 }
 
 /// Loads a bundle as `serve` does: reading credentials and key files.
@@ -35,6 +37,7 @@ impl Store {
         let generation = AtomicU64::new(0);
         stamp(&generation, &metrics, &mut first);
         Store {
+            fingerprint: Mutex::new(fingerprint(&path)),
             path,
             current: Arc::new(ArcSwap::from_pointee(first)),
             generation,
@@ -43,14 +46,20 @@ impl Store {
         }
     }
 
-    /// Re-reads the bundle. Blocking: call from a blocking thread.
+    /// Re-reads the bundle. Blocking: call from a blocking thread. Unchanged sources are not recompiled, so a
+    /// burst of triggers costs a read and a hash, not a compile.
     pub fn reload(&self) -> Result<String, Vec<Problem>> {
         let _one = self.reloading.lock();
+        let print = fingerprint(&self.path);
+        if print.is_some() && print == *self.fingerprint.lock() {
+            return Ok(format!("unchanged ({})", self.current.load().bundle.hash));
+        }
         match load_for_serving(&self.path) {
             Ok(snap) => {
                 if identity(&snap) == identity(&self.current.load()) {
                     return Ok(format!("unchanged ({})", snap.bundle.hash));
                 }
+                *self.fingerprint.lock() = print;
                 let mut snap = snap;
                 stamp(&self.generation, &self.metrics, &mut snap);
                 self.current.store(Arc::new(snap));
@@ -136,4 +145,29 @@ pub fn watch(store: Arc<Store>) -> Option<notify::RecommendedWatcher> {
         })
         .ok()?;
     Some(watcher)
+}
+
+/// Content hash of a bundle's files and of its candidate's, read without compiling; `None` if unreadable.
+fn fingerprint(path: &Path) -> Option<String> {
+    let sources = read_sources(path).ok()?;
+    let mut print = bundle_hash(&sources);
+    // The candidate's path is only known after parsing; hash every file next to the bundle that a
+    // `candidate:` line names, cheaply, by looking for the key in the text.
+    for s in &sources {
+        for line in s.text.lines() {
+            if let Some(rel) = line.trim().strip_prefix("candidate:") {
+                let rel = rel.trim().trim_matches(['"', '\'']);
+                let base = if path.is_dir() {
+                    path
+                } else {
+                    path.parent().unwrap_or(Path::new("."))
+                };
+                if let Ok(c) = read_sources(&base.join(rel)) {
+                    print.push('+');
+                    print.push_str(&bundle_hash(&c));
+                }
+            }
+        }
+    }
+    Some(print)
 }
