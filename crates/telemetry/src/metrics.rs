@@ -20,12 +20,20 @@ struct Histogram {
     sum: f64,
 }
 
-/// All metrics of one process.
+/// Counts of one check by verdict, and its latency histogram.
+#[derive(Default)]
+struct CheckStats {
+    by_verdict: HashMap<&'static str, u64>,
+    latency: Histogram,
+}
+
+/// All metrics of one process. Hot-path updates look keys up by `&str` and allocate only the first time a
+/// route or check is seen.
 #[derive(Default)]
 pub struct Metrics {
-    decisions: Mutex<HashMap<(String, String, String), u64>>,
-    checks: Mutex<HashMap<(String, String), u64>>,
-    check_latency: Mutex<HashMap<String, Histogram>>,
+    /// (phase, verdict) -> route -> count.
+    decisions: Mutex<HashMap<(&'static str, &'static str), HashMap<String, u64>>>,
+    checks: Mutex<HashMap<String, CheckStats>>,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
     pub last_reload_unix: AtomicU64,
@@ -39,26 +47,31 @@ impl Metrics {
     pub fn observe(&self, d: &DecisionRecord) {
         {
             let mut m = self.decisions.lock();
-            *m.entry((
-                d.phase.span_name().to_string(),
-                d.verdict.as_str().to_string(),
-                d.route.clone(),
-            ))
-            .or_default() += 1;
+            let routes = m
+                .entry((d.phase.span_name(), d.verdict.as_str()))
+                .or_default();
+            match routes.get_mut(d.route.as_str()) {
+                Some(n) => *n += 1,
+                None => {
+                    routes.insert(d.route.clone(), 1);
+                }
+            }
         }
         let mut checks = self.checks.lock();
-        let mut lat = self.check_latency.lock();
         for c in &d.checks {
-            *checks
-                .entry((c.id.clone(), c.verdict.as_str().to_string()))
-                .or_default() += 1;
-            let h = lat.entry(c.id.clone()).or_default();
+            let stats = match checks.get_mut(c.id.as_str()) {
+                Some(s) => s,
+                None => checks.entry(c.id.clone()).or_default(),
+            };
+            *stats.by_verdict.entry(c.verdict.as_str()).or_default() += 1;
+            let h = &mut stats.latency;
             h.count += 1;
             h.sum += c.latency_us;
             if let Some(i) = BUCKETS_US.iter().position(|b| c.latency_us <= *b) {
                 h.counts[i] += 1;
             }
         }
+        drop(checks);
         if d.shadow.as_ref().is_some_and(|s| !s.agrees) {
             self.shadow_disagreements.fetch_add(1, Ordering::Relaxed);
         }
@@ -78,67 +91,78 @@ impl Metrics {
             "# HELP lifeguard_decisions_total Decisions by phase, verdict and route."
         );
         let _ = writeln!(out, "# TYPE lifeguard_decisions_total counter");
-        for ((phase, verdict, route), n) in sorted(&self.decisions.lock()) {
+        let mut decisions: Vec<(&str, &str, String, u64)> = Vec::new();
+        for ((phase, verdict), routes) in self.decisions.lock().iter() {
+            for (route, n) in routes {
+                decisions.push((phase, verdict, route.clone(), *n));
+            }
+        }
+        decisions.sort();
+        for (phase, verdict, route, n) in decisions {
             let _ = writeln!(
                 out,
                 "lifeguard_decisions_total{{phase=\"{}\",verdict=\"{}\",route=\"{}\"}} {n}",
-                esc(&phase),
-                esc(&verdict),
+                esc(phase),
+                esc(verdict),
                 esc(&route)
             );
         }
+        let checks = self.checks.lock();
+        let mut ids: Vec<&String> = checks.keys().collect();
+        ids.sort();
         let _ = writeln!(
             out,
             "# HELP lifeguard_checks_total Checks by id and verdict."
         );
         let _ = writeln!(out, "# TYPE lifeguard_checks_total counter");
-        for ((check, verdict), n) in sorted(&self.checks.lock()) {
-            let _ = writeln!(
-                out,
-                "lifeguard_checks_total{{check=\"{}\",verdict=\"{}\"}} {n}",
-                esc(&check),
-                esc(&verdict)
-            );
+        for id in &ids {
+            let mut verdicts: Vec<_> = checks[*id].by_verdict.iter().collect();
+            verdicts.sort();
+            for (verdict, n) in verdicts {
+                let _ = writeln!(
+                    out,
+                    "lifeguard_checks_total{{check=\"{}\",verdict=\"{}\"}} {n}",
+                    esc(id),
+                    esc(verdict)
+                );
+            }
         }
         let _ = writeln!(
             out,
             "# HELP lifeguard_check_latency_microseconds Time each check took."
         );
         let _ = writeln!(out, "# TYPE lifeguard_check_latency_microseconds histogram");
-        let lat = self.check_latency.lock();
-        let mut ids: Vec<_> = lat.keys().cloned().collect();
-        ids.sort();
         for id in ids {
-            let h = &lat[&id];
+            let h = &checks[id].latency;
             let mut cum = 0;
             for (i, b) in BUCKETS_US.iter().enumerate() {
                 cum += h.counts[i];
                 let _ = writeln!(
                     out,
                     "lifeguard_check_latency_microseconds_bucket{{check=\"{}\",le=\"{b}\"}} {cum}",
-                    esc(&id)
+                    esc(id)
                 );
             }
             let _ = writeln!(
                 out,
                 "lifeguard_check_latency_microseconds_bucket{{check=\"{}\",le=\"+Inf\"}} {}",
-                esc(&id),
+                esc(id),
                 h.count
             );
             let _ = writeln!(
                 out,
                 "lifeguard_check_latency_microseconds_sum{{check=\"{}\"}} {}",
-                esc(&id),
+                esc(id),
                 h.sum
             );
             let _ = writeln!(
                 out,
                 "lifeguard_check_latency_microseconds_count{{check=\"{}\"}} {}",
-                esc(&id),
+                esc(id),
                 h.count
             );
         }
-        drop(lat);
+        drop(checks);
         let (name, version, hash) = self.bundle.lock().clone();
         let _ = writeln!(
             out,
@@ -198,12 +222,6 @@ impl Metrics {
         }
         out
     }
-}
-
-fn sorted<K: Clone + Ord, V: Copy>(m: &HashMap<K, V>) -> Vec<(K, V)> {
-    let mut v: Vec<_> = m.iter().map(|(k, v)| (k.clone(), *v)).collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
 }
 
 /// Escapes a Prometheus label value.
