@@ -35,11 +35,19 @@ pub async fn serve_stub(listener: TcpListener) -> anyhow::Result<()> {
                 let answer = answer.clone();
                 async move {
                     // Read the whole request, as an LLM API would.
-                    let _ = req.into_body().collect().await;
+                    let body = req
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    if body.windows(14).any(|w| w == b"\"stream\":true") {
+                        return Ok::<_, Infallible>(sse_answer());
+                    }
                     Ok::<_, Infallible>(
                         Response::builder()
                             .header("content-type", "application/json")
-                            .body(Full::new(answer))
+                            .body(Full::new(answer).map_err(|e| match e {}).boxed())
                             .unwrap_or_default(),
                     )
                 }
@@ -49,6 +57,60 @@ pub async fn serve_stub(listener: TcpListener) -> anyhow::Result<()> {
                 .await;
         });
     }
+}
+
+/// Tokens of the streamed answer, one SSE event each, [`SSE_GAP`] apart (the first at once).
+pub const SSE_EVENTS: usize = 20;
+pub const SSE_GAP: Duration = Duration::from_millis(10);
+
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// An OpenAI chat SSE answer, streamed like a model generating tokens.
+fn sse_answer() -> Response<Body> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+    tokio::spawn(async move {
+        for i in 0..=SSE_EVENTS {
+            let data = if i == SSE_EVENTS {
+                "data: [DONE]\n\n".to_string()
+            } else {
+                format!(
+                    "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"token{i} \"}}}}]}}\n\n"
+                )
+            };
+            if tx.send(Ok(Frame::data(Bytes::from(data)))).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(SSE_GAP).await;
+        }
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed())
+        .unwrap_or_default()
+}
+
+/// Time from sending a streamed chat call to the first body bytes of its answer (time to first token).
+pub async fn time_to_first_token(addr: SocketAddr, key: &str) -> anyhow::Result<Duration> {
+    let mut sender = connect(addr).await?;
+    // The same clean prose as the load (the benchmark bundle blocks 10,000 generated phrases).
+    let mut body: serde_json::Value = serde_json::from_slice(&workload::chat_body(512, false))?;
+    body["stream"] = serde_json::Value::Bool(true);
+    let req = Request::post(workload::PATH)
+        .header("host", "llm.bench")
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {key}"))
+        .body(Full::new(Bytes::from(body.to_string())))?;
+    let start = std::time::Instant::now();
+    let resp = sender.send_request(req).await?;
+    anyhow::ensure!(resp.status() == 200, "HTTP {}", resp.status());
+    let mut body = resp.into_body();
+    let mut first = None;
+    while let Some(frame) = body.frame().await {
+        if frame?.data_ref().is_some_and(|d| !d.is_empty()) && first.is_none() {
+            first = Some(start.elapsed());
+        }
+    }
+    first.context("the answer had no body")
 }
 
 /// A gRPC endpoint that answers any unary call (OTLP `Export`) with an empty message and status OK: a

@@ -462,6 +462,8 @@ struct Extra {
     reload: Option<ReloadFigures>,
     otlp: Vec<(String, Figure, Figure)>,
     envoy: Vec<Figure>,
+    /// (filters, median time to first token) for a streamed answer through Envoy.
+    ttft: Vec<(String, Duration)>,
 }
 
 struct ReloadFigures {
@@ -510,6 +512,7 @@ async fn run_in(a: &SuiteArgs, dir: &Path) -> anyhow::Result<String> {
         reload: None,
         otlp: Vec::new(),
         envoy: Vec::new(),
+        ttft: Vec::new(),
     };
     let secs = a.seconds;
     let closed = Mode::Closed {
@@ -696,6 +699,20 @@ async fn run_in(a: &SuiteArgs, dir: &Path) -> anyhow::Result<String> {
                     )
                     .await?;
                 x.envoy.push(f);
+                // Time to first token of a streamed answer, sequential calls on an idle Envoy.
+                let mut samples = Vec::new();
+                for _ in 0..15 {
+                    match http::time_to_first_token(envoy.1, &workload::key_plain(7)).await {
+                        Ok(d) => samples.push(d.as_secs_f64()),
+                        Err(e) => eprintln!("  time to first token ({}): {e:#}", filters.label()),
+                    }
+                }
+                if !samples.is_empty() {
+                    x.ttft.push((
+                        filters.label().to_string(),
+                        Duration::from_secs_f64(median(samples)),
+                    ));
+                }
             }
             drop(stub);
         } else {
@@ -1101,6 +1118,26 @@ fn report(s: &Suite, x: &Extra, took: Duration) -> String {
             "\nEnvoy's HTTP load client is this tool's (open loop, HDR), not wrk: wrk 4.1 is closed loop and would \
              hide queueing (coordinated omission).\n"
         );
+    }
+    if !x.ttft.is_empty() {
+        let _ = writeln!(
+            r,
+            "### Time to first token\n\nA streamed answer ({} SSE events {} ms apart) through Envoy; median of 15 \
+             sequential calls from request sent to first body bytes. With both filters the response is inspected \
+             event by event (held back only while a match could still be forming).\n\n| filters | TTFT | added |\n|---|--:|--:|",
+            http::SSE_EVENTS,
+            http::SSE_GAP.as_millis()
+        );
+        let base = x.ttft[0].1;
+        for (label, d) in &x.ttft {
+            let _ = writeln!(
+                r,
+                "| {label} | {:.2} ms | {:+.2} ms |",
+                d.as_secs_f64() * 1e3,
+                (d.as_secs_f64() - base.as_secs_f64()) * 1e3
+            );
+        }
+        let _ = writeln!(r);
     }
 
     // Budgets.
