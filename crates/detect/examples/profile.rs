@@ -4,11 +4,19 @@
 use lifeguard_detect::{CustomRule, DetectorConfig, Scanner};
 
 fn main() {
-    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let phrases = args.first().copied().unwrap_or(10_000);
     let iters = args.get(1).copied().unwrap_or(20);
     let list: Vec<String> = (0..phrases)
-        .map(|i| format!("internal codename {i:05} {}", ["alpha", "bravo", "delta"][i % 3]))
+        .map(|i| {
+            format!(
+                "internal codename {i:05} {}",
+                ["alpha", "bravo", "delta"][i % 3]
+            )
+        })
         .collect();
     let refs: Vec<&str> = list.iter().map(String::as_str).collect();
     let mode = std::env::var("MODE").unwrap_or_default();
@@ -22,8 +30,7 @@ fn main() {
     if mode.contains("nosecrets") {
         cfg.secrets = false;
     }
-    let scanner = Scanner::compile(&cfg)
-    .expect("compiles");
+    let scanner = Scanner::compile(&cfg).expect("compiles");
     let parts = [
         "Could you help me plan a three-day trip to Lisbon in May? I'd like museums, food and a day at the beach.\n\n",
         "Sure! Day 1: start at the Belém Tower, then walk to the Jerónimos Monastery and try a pastel de nata.\n",
@@ -35,7 +42,11 @@ fn main() {
     ];
     let mut text = String::new();
     let mut i = 0;
-    while text.len() < 1 << 20 {
+    let size: usize = std::env::var("SIZE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1 << 20);
+    while text.len() < size {
         text.push_str(parts[i % parts.len()]);
         i += 1;
     }

@@ -14,9 +14,20 @@ const MIN_RUN: usize = 16;
 /// Longest run decoded. Longer runs (images, archives) are skipped, whole or streamed alike.
 pub(crate) const MAX_RUN: usize = 4096;
 
+const ALPHABET: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'=' | b'-' | b'_');
+        b += 1;
+    }
+    t
+};
+
 #[inline]
 fn is_alphabet(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_')
+    ALPHABET[b as usize]
 }
 
 /// Where a stream's encoded-run scan stands: the start of the run still open at the end of the data.

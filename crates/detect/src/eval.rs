@@ -105,7 +105,6 @@ pub fn run(
     let mut bytes = 0usize;
     let mut seconds = 0f64;
     let mut mistakes = Vec::new();
-    let mut classified = 0usize;
     for (n, line) in corpus_jsonl.lines().enumerate() {
         let line_no = n + 1;
         if line.trim().is_empty() {
@@ -149,7 +148,6 @@ pub fn run(
                     });
                 }
             };
-            classified += 1;
             match (expected, got) {
                 (true, true) => overall.tp += 1,
                 (false, false) => overall.tn += 1,
@@ -226,7 +224,6 @@ pub fn run(
     if rows == 0 {
         return Err(EvalError::Empty);
     }
-    let _ = classified;
     let entities = ent.into_iter().map(|(k, v)| (k, v.finish())).collect();
     Ok(EvalReport {
         rows,

@@ -13,16 +13,48 @@ use std::ops::Range;
 
 use unicode_normalization::char::{decompose_compatible, is_combining_mark};
 
-/// Folded text plus, for each folded byte, the original byte range of the character it came from.
+/// Folded text plus a map from each folded byte back to the original character it came from.
 pub(crate) struct Folded<'a> {
     pub text: Cow<'a, str>,
     /// `None` when folding kept every byte in place (ASCII without whitespace runs): the map is the identity.
-    map: Option<Vec<(u32, u32)>>,
+    map: Option<Vec<Seg>>,
     /// Offset added to every original position (the start of the slice that was folded).
     base: usize,
 }
 
+/// A stretch of folded bytes with one mapping rule. Mostly-ASCII text needs one segment per whitespace run or
+/// non-ASCII character, not one entry per byte.
+#[derive(Debug, Clone, Copy)]
+struct Seg {
+    /// First folded byte.
+    n: u32,
+    /// Original start.
+    o: u32,
+    /// Folded length.
+    len: u32,
+    /// `None`: byte `n + k` comes from original byte `o + k`. `Some(end)`: every byte comes from `o..end` (one
+    /// character, or one whitespace run).
+    unit_end: Option<u32>,
+}
+
+impl Seg {
+    fn unit(&self, i: usize) -> (usize, usize) {
+        match self.unit_end {
+            None => {
+                let a = self.o as usize + (i - self.n as usize);
+                (a, a + 1)
+            }
+            Some(e) => (self.o as usize, e as usize),
+        }
+    }
+}
+
 impl Folded<'_> {
+    fn seg(&self, m: &[Seg], i: usize) -> (usize, usize) {
+        let k = m.partition_point(|s| s.n as usize <= i).saturating_sub(1);
+        m.get(k).map_or((0, 0), |s| s.unit(i))
+    }
+
     /// Original byte span (absolute, including `base`) of the folded range `r`. `r` must be non-empty and in
     /// bounds; out-of-range values are clamped rather than panicking.
     pub fn original(&self, r: Range<usize>) -> Range<usize> {
@@ -34,16 +66,27 @@ impl Folded<'_> {
         let e = r.end.clamp(s + 1, len);
         match &self.map {
             None => self.base + s..self.base + e,
-            Some(m) => self.base + m[s].0 as usize..self.base + m[e - 1].1 as usize,
+            Some(m) => self.base + self.seg(m, s).0..self.base + self.seg(m, e - 1).1,
         }
     }
 
     /// First folded byte whose original start (absolute) is at or after `abs`.
     pub fn first_at_or_after(&self, abs: usize) -> usize {
         let rel = abs.saturating_sub(self.base);
-        match &self.map {
-            None => rel.min(self.text.len()),
-            Some(m) => m.partition_point(|(s, _)| (*s as usize) < rel),
+        let Some(m) = &self.map else {
+            return rel.min(self.text.len());
+        };
+        // Segments whose last byte starts before `rel` are entirely before it.
+        let k = m.partition_point(|s| {
+            let last = s.n as usize + s.len as usize - 1;
+            s.unit(last).0 < rel
+        });
+        match m.get(k) {
+            None => self.text.len(),
+            Some(s) if s.unit_end.is_none() && (s.o as usize) < rel => {
+                s.n as usize + (rel - s.o as usize)
+            }
+            Some(s) => s.n as usize,
         }
     }
 
@@ -52,7 +95,7 @@ impl Folded<'_> {
         match &self.map {
             _ if i >= self.text.len() => input_end,
             None => self.base + i,
-            Some(m) => self.base + m[i].0 as usize,
+            Some(m) => self.base + self.seg(m, i).0,
         }
     }
 }
@@ -213,67 +256,134 @@ pub(crate) fn fold(text: &str, base: usize) -> Folded<'_> {
 }
 
 fn fold_slow(text: &str, base: usize) -> Folded<'_> {
-    // Offsets are stored as u32 to keep the map at 8 bytes per folded byte; longer inputs are folded only up
-    // to 4 GiB (never reached by an HTTP body Lifeguard accepts).
+    // Offsets are u32; longer inputs are folded only up to 4 GiB (never reached by a body Lifeguard accepts).
     let limit = floor_char_boundary(text, u32::MAX as usize - 1);
     let text = &text[..limit];
-    let mut out = String::with_capacity(text.len());
-    let mut map: Vec<(u32, u32)> = Vec::with_capacity(text.len());
+    let bytes = text.as_bytes();
+    let mut out: Vec<u8> = Vec::with_capacity(text.len());
+    let mut map = MapBuilder::default();
     let mut prev_space = false;
-    for (i, c) in text.char_indices() {
-        let a = i as u32;
-        let b = (i + c.len_utf8()) as u32;
-        if c.is_ascii() {
-            let byte = c as u8;
-            if is_ascii_ws(byte) {
-                push_space(&mut out, &mut map, &mut prev_space, a, b);
-            } else {
-                out.push(byte.to_ascii_lowercase() as char);
-                map.push((a, b));
-                prev_space = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b < 0x80 {
+            if is_ascii_ws(b) {
+                map.space(&mut out, &mut prev_space, i, i + 1);
+                i += 1;
+                continue;
             }
+            // A run of ASCII bytes without whitespace runs maps one to one (a single ' ' between two ASCII
+            // non-space bytes stays in the run).
+            let start = i;
+            while i < bytes.len() && bytes[i] < 0x80 {
+                let c = bytes[i];
+                if is_ascii_ws(c)
+                    && !(c == b' '
+                        && bytes
+                            .get(i + 1)
+                            .is_some_and(|n| *n < 0x80 && !is_ascii_ws(*n)))
+                {
+                    break;
+                }
+                i += 1;
+            }
+            map.ident(out.len(), start, i - start);
+            out.extend(bytes[start..i].iter().map(u8::to_ascii_lowercase));
+            prev_space = false;
             continue;
         }
+        let Some(c) = text[i..].chars().next() else {
+            break;
+        };
+        let a = i;
+        i += c.len_utf8();
         if c.is_whitespace() {
-            push_space(&mut out, &mut map, &mut prev_space, a, b);
+            map.space(&mut out, &mut prev_space, a, i);
             continue;
         }
         if is_ignorable(c) {
             continue;
         }
-        let mut any = false;
+        let n = out.len();
         fold_char(c, &mut |f| {
             let mut buf = [0u8; 4];
-            let s = f.encode_utf8(&mut buf);
-            out.push_str(s);
-            for _ in 0..s.len() {
-                map.push((a, b));
-            }
-            any = true;
+            out.extend_from_slice(f.encode_utf8(&mut buf).as_bytes());
         });
-        if any {
+        if out.len() > n {
+            map.unit(n, a, i, out.len() - n);
             prev_space = false;
         }
     }
+    // Only whole characters were written, so this never fails; an empty text is the safe fallback.
+    let text = String::from_utf8(out).unwrap_or_default();
     Folded {
-        text: Cow::Owned(out),
-        map: Some(map),
+        text: Cow::Owned(text),
+        map: Some(map.segs),
         base,
     }
 }
 
-#[inline]
-fn push_space(out: &mut String, map: &mut Vec<(u32, u32)>, prev_space: &mut bool, a: u32, b: u32) {
-    if *prev_space {
-        // The one space of a run covers the whole run.
-        if let Some(last) = map.last_mut() {
-            last.1 = b;
+#[derive(Default)]
+struct MapBuilder {
+    segs: Vec<Seg>,
+}
+
+impl MapBuilder {
+    fn ident(&mut self, n: usize, o: usize, len: usize) {
+        if let Some(last) = self.segs.last_mut()
+            && last.unit_end.is_none()
+            && (last.n + last.len) as usize == n
+            && (last.o + last.len) as usize == o
+        {
+            last.len += len as u32;
+            return;
         }
-        return;
+        self.segs.push(Seg {
+            n: n as u32,
+            o: o as u32,
+            len: len as u32,
+            unit_end: None,
+        });
     }
-    out.push(' ');
-    map.push((a, b));
-    *prev_space = true;
+
+    fn unit(&mut self, n: usize, o: usize, end: usize, len: usize) {
+        self.segs.push(Seg {
+            n: n as u32,
+            o: o as u32,
+            len: len as u32,
+            unit_end: Some(end as u32),
+        });
+    }
+
+    /// A whitespace character at `a..b`: the first of a run becomes one space, the rest widen it.
+    fn space(&mut self, out: &mut Vec<u8>, prev_space: &mut bool, a: usize, b: usize) {
+        if !*prev_space {
+            if b - a == 1 {
+                self.ident(out.len(), a, 1);
+            } else {
+                self.unit(out.len(), a, b, 1);
+            }
+            out.push(b' ');
+            *prev_space = true;
+            return;
+        }
+        let n = out.len() - 1;
+        let Some(last) = self.segs.last_mut() else {
+            return;
+        };
+        match last.unit_end {
+            Some(ref mut e) => *e = b as u32,
+            None => {
+                // The space is the last byte of an identity run: split it off as a unit covering the run.
+                let o = last.o as usize + (n - last.n as usize);
+                last.len -= 1;
+                if last.len == 0 {
+                    self.segs.pop();
+                }
+                self.unit(n, o, b, 1);
+            }
+        }
+    }
 }
 
 /// Fold a phrase the way text is folded, then trim it, so a configured phrase meets the text it should match.
@@ -305,45 +415,79 @@ pub(crate) fn ceil_char_boundary(s: &str, i: usize) -> usize {
     i
 }
 
-/// Leetspeak decoding of folded text, byte for byte (so the offset map stays valid). Only words that mix
-/// letters with leet digits/symbols are decoded: plain numbers stay numbers. Returns `None` when nothing
-/// changes.
-pub(crate) fn deleet(folded: &str) -> Option<String> {
+/// Byte classes for leetspeak decoding: 0 not in a word, 1 letter, 2 leet symbol or digit, 3 other digit.
+const LEET_CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = if c.is_ascii_lowercase() || c.is_ascii_uppercase() {
+            1
+        } else if matches!(
+            c,
+            b'0' | b'1' | b'3' | b'4' | b'5' | b'7' | b'@' | b'$' | b'!' | b'|'
+        ) {
+            2
+        } else if c.is_ascii_digit() {
+            3
+        } else {
+            0
+        };
+        b += 1;
+    }
+    t
+};
+
+/// Words of folded text that mix letters with leet digits or symbols (`1gn0r3`, `4ll`): the ones leetspeak
+/// decoding changes. Plain numbers are not words to decode.
+pub(crate) fn leet_words(folded: &str) -> Vec<Range<usize>> {
     let bytes = folded.as_bytes();
-    let mut out: Option<Vec<u8>> = None;
+    let mut out = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
-        if !is_leet_word_byte(bytes[i]) {
+        if LEET_CLASS[bytes[i] as usize] == 0 {
             i += 1;
             continue;
         }
         let start = i;
-        let mut letters = 0usize;
-        let mut leet = 0usize;
-        while i < bytes.len() && is_leet_word_byte(bytes[i]) {
-            if bytes[i].is_ascii_lowercase() {
-                letters += 1;
-            } else if leet_map(bytes[i]).is_some() {
-                leet += 1;
+        let (mut letters, mut leet) = (false, false);
+        while i < bytes.len() {
+            match LEET_CLASS[bytes[i] as usize] {
+                0 => break,
+                1 => letters = true,
+                2 => leet = true,
+                _ => {}
             }
             i += 1;
         }
-        if letters > 0 && leet > 0 {
-            let o = out.get_or_insert_with(|| bytes.to_vec());
-            for j in start..i {
-                if let Some(l) = leet_map(bytes[j]) {
-                    o[j] = l;
-                }
+        if letters && leet {
+            out.push(start..i);
+        }
+    }
+    out
+}
+
+/// Leetspeak decoding of `folded[range]`, byte for byte (so offsets stay valid), changing only the bytes inside
+/// `words`.
+pub(crate) fn deleet_range(folded: &str, range: Range<usize>, words: &[Range<usize>]) -> String {
+    let mut out = folded.as_bytes()[range.clone()].to_vec();
+    for w in words {
+        let (a, b) = (w.start.max(range.start), w.end.min(range.end));
+        for j in a..b {
+            if let Some(l) = leet_map(out[j - range.start]) {
+                out[j - range.start] = l;
             }
         }
     }
-    // Only ASCII bytes were replaced by ASCII bytes, so the result is valid UTF-8.
-    out.and_then(|o| String::from_utf8(o).ok())
+    // Only ASCII bytes were replaced by ASCII bytes (and `range` is on char boundaries), so this is UTF-8.
+    String::from_utf8(out).unwrap_or_default()
 }
 
-#[inline]
-fn is_leet_word_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'@' | b'$' | b'!' | b'|')
+/// Leetspeak decoding of a whole folded text; `None` when nothing changes.
+#[cfg(test)]
+pub(crate) fn deleet(folded: &str) -> Option<String> {
+    let words = leet_words(folded);
+    (!words.is_empty()).then(|| deleet_range(folded, 0..folded.len(), &words))
 }
 
 #[inline]

@@ -129,7 +129,7 @@ impl RegexSet {
     }
 
     /// Smallest offset `>= from` where a match could still start or change given more input after `hay`.
-    /// Offsets before it are settled. `dead_hint` offsets below it are already known to be settled.
+    /// Offsets before it are settled.
     pub fn live_from(&self, cache: &mut SetCache, hay: &str, from: usize) -> usize {
         let bytes = hay.as_bytes();
         let mut p = from;
