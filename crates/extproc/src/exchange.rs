@@ -68,7 +68,6 @@ pub struct Exchange<'s> {
     body: Vec<u8>,
     response: ResponseKind,
     request_record: Option<DecisionRecord>,
-    response_record: Option<DecisionRecord>,
     response_started: Option<(Instant, u128)>,
     response_checks: Vec<CheckRecord>,
     response_flags: Vec<String>,
@@ -140,7 +139,6 @@ impl<'s> Exchange<'s> {
             body: Vec::new(),
             response: ResponseKind::Pass,
             request_record: None,
-            response_record: None,
             response_started: None,
             response_checks: Vec::new(),
             response_flags: Vec::new(),
@@ -1018,9 +1016,6 @@ impl<'s> Exchange<'s> {
             );
             rec.duration_us = started.elapsed().as_secs_f64() * 1e6;
             out.push(rec);
-        }
-        if let Some(r) = self.response_record.take() {
-            out.push(r);
         }
         out
     }

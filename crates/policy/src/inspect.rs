@@ -131,7 +131,7 @@ pub fn inspect(
             out.apply(rec, Action::Allow, t);
         }
     }
-    custom_checks(snapshot, direction, &actions, pieces, &reports, &mut out);
+    custom_checks(snapshot, direction, &actions, &reports, &mut out);
     tool_call_check(snapshot, route, &actions, pieces, &reports, &mut out);
     out
 }
@@ -174,7 +174,6 @@ fn custom_checks(
     snapshot: &Snapshot,
     direction: Direction,
     actions: &Actions,
-    pieces: &[Piece<'_>],
     reports: &[lifeguard_detect::ScanReport],
     out: &mut Inspection,
 ) {
@@ -209,7 +208,6 @@ fn custom_checks(
         }
         out.apply(rec, action, t);
     }
-    let _ = pieces;
 }
 
 fn tool_call_check(
