@@ -22,7 +22,6 @@ use lifeguard_core::{
     Action, Category, CheckRecord, CheckVerdict, DecisionRecord, FailureMode, Finding, Mode, Phase,
     RequestFacts, ShadowOutcome, Verdict, decision_id,
 };
-use lifeguard_detect::redact;
 use lifeguard_policy::{Direction, Piece, Route, Snapshot, inspect, match_route};
 use lifeguard_wire::{
     AUTHZ_NAMESPACE, DECISION_HEADER, FLAGS_HEADER, Handover, error_body, set_header,
@@ -30,7 +29,7 @@ use lifeguard_wire::{
 use serde_json::Value;
 use tonic::Status;
 
-use crate::formats::{request_pieces, response_pieces};
+use crate::formats::{pieces, redact_located, request_pieces, response_pieces};
 use crate::sse::{SseInspector, error_event};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -362,24 +361,7 @@ impl<'s> Exchange<'s> {
         checks.push(model_rec);
 
         let (format, located) = request_pieces(&json);
-        let texts: Vec<String> = located
-            .iter()
-            .map(|l| {
-                json.pointer(&l.pointer)
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string()
-            })
-            .collect();
-        let pieces: Vec<Piece<'_>> = located
-            .iter()
-            .zip(&texts)
-            .map(|(l, t)| Piece {
-                text: t,
-                tier: l.tier,
-                tool_call: l.tool_call,
-            })
-            .collect();
+        let pieces = pieces(&json, &located);
         let mut found = inspect(self.snap, route, Direction::Request, &pieces);
         if let Some(first) = found.checks.first_mut() {
             first.reason = format!("{} ({})", first.reason, format.as_str());
@@ -452,15 +434,8 @@ impl<'s> Exchange<'s> {
                 .snap
                 .redaction_key
                 .as_ref()
-                .map(|k| k.expose().as_bytes().to_vec());
-            for (l, (text, findings)) in located.iter().zip(texts.iter().zip(&found.redactions)) {
-                if findings.is_empty() {
-                    continue;
-                }
-                if let Some(slot) = json.pointer_mut(&l.pointer) {
-                    *slot = Value::String(redact(text, findings, key.as_deref()));
-                }
-            }
+                .map(|k| k.expose().as_bytes());
+            redact_located(&mut json, &located, &found.redactions, key);
             let new_body = json.to_string().into_bytes();
             set.push(set_header(
                 "content-length",
@@ -741,24 +716,7 @@ impl<'s> Exchange<'s> {
             }));
         };
         let (_, located) = response_pieces(&json);
-        let texts: Vec<String> = located
-            .iter()
-            .map(|l| {
-                json.pointer(&l.pointer)
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string()
-            })
-            .collect();
-        let pieces: Vec<Piece<'_>> = located
-            .iter()
-            .zip(&texts)
-            .map(|(l, t)| Piece {
-                text: t,
-                tier: l.tier,
-                tool_call: l.tool_call,
-            })
-            .collect();
+        let pieces = pieces(&json, &located);
         let mut found = inspect(self.snap, route, Direction::Response, &pieces);
         self.response_checks.append(&mut found.checks);
         self.response_flags.extend(found.flags.iter().cloned());
@@ -787,14 +745,8 @@ impl<'s> Exchange<'s> {
                 .snap
                 .redaction_key
                 .as_ref()
-                .map(|k| k.expose().as_bytes().to_vec());
-            for (l, (text, findings)) in located.iter().zip(texts.iter().zip(&found.redactions)) {
-                if !findings.is_empty()
-                    && let Some(slot) = json.pointer_mut(&l.pointer)
-                {
-                    *slot = Value::String(redact(text, findings, key.as_deref()));
-                }
-            }
+                .map(|k| k.expose().as_bytes());
+            redact_located(&mut json, &located, &found.redactions, key);
             json.to_string().into_bytes()
         } else if gzip {
             raw

@@ -1,7 +1,9 @@
 //! LLM body formats -> the text pieces to inspect, each with its trust tier and where it sits in the JSON (a JSON
 //! pointer), so a redaction can rewrite exactly that string and the body stays valid JSON.
 
-use lifeguard_core::Tier;
+use lifeguard_core::{Finding, Tier};
+use lifeguard_detect::redact;
+use lifeguard_policy::Piece;
 use serde_json::Value;
 
 /// A string of a body: where it is, who wrote it, and whether it is a tool call's arguments.
@@ -312,6 +314,44 @@ pub fn response_pieces(body: &Value) -> (BodyFormat, Vec<Located>) {
         BodyFormat::Unknown
     };
     (format, c.out)
+}
+
+/// The pieces to inspect: each located string, borrowed from the body.
+pub fn pieces<'a>(json: &'a Value, located: &[Located]) -> Vec<Piece<'a>> {
+    located
+        .iter()
+        .map(|l| Piece {
+            text: json
+                .pointer(&l.pointer)
+                .and_then(Value::as_str)
+                .unwrap_or_default(),
+            tier: l.tier,
+            tool_call: l.tool_call,
+        })
+        .collect()
+}
+
+/// Rewrites the located strings that have findings with their placeholders; the body stays valid JSON.
+pub fn redact_located(
+    json: &mut Value,
+    located: &[Located],
+    redactions: &[Vec<Finding>],
+    key: Option<&[u8]>,
+) {
+    let rewritten: Vec<(&str, String)> = located
+        .iter()
+        .zip(redactions)
+        .filter(|(_, found)| !found.is_empty())
+        .filter_map(|(l, found)| {
+            let text = json.pointer(&l.pointer)?.as_str()?;
+            Some((l.pointer.as_str(), redact(text, found, key)))
+        })
+        .collect();
+    for (pointer, text) in rewritten {
+        if let Some(slot) = json.pointer_mut(pointer) {
+            *slot = Value::String(text);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 pub use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
 pub use exchange::Exchange;
-pub use formats::{BodyFormat, Located, request_pieces, response_pieces};
+pub use formats::{BodyFormat, Located, pieces, redact_located, request_pieces, response_pieces};
 pub use sse::SseInspector;
 
 /// The ext_proc service. Cheap to clone.

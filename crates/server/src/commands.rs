@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use base64::Engine;
 use clap::Subcommand;
 use lifeguard_core::{Mode, RequestFacts};
-use lifeguard_policy::{CompileOptions, decide, hash_key, load};
+use lifeguard_policy::{CompileOptions, Snapshot, decide, hash_key, load};
 use serde::Deserialize;
 
 #[derive(Subcommand)]
@@ -105,17 +105,55 @@ fn hex_hash(key: &str) -> String {
     hash_key(key).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A request described in JSON for `explain`.
+/// A request described in JSON (`explain`, and each line of a `diff` corpus).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ExplainRequest {
+pub struct RequestDoc {
+    /// A label for reports.
+    #[serde(default)]
+    pub name: Option<String>,
     #[serde(default = "post")]
-    method: String,
-    path: String,
+    pub method: String,
+    pub path: String,
     #[serde(default)]
-    headers: HashMap<String, String>,
+    pub headers: HashMap<String, String>,
+    /// Envoy's per-route context extensions (`lifeguard_route`).
     #[serde(default)]
-    context: HashMap<String, String>,
+    pub context: HashMap<String, String>,
+    /// The JSON body, for request inspection.
+    #[serde(default)]
+    pub body: Option<serde_json::Value>,
+}
+
+impl RequestDoc {
+    pub fn facts(&self) -> RequestFacts {
+        RequestFacts {
+            method: self.method.clone(),
+            path: self.path.clone(),
+            headers: self
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                .collect(),
+            context: self.context.clone(),
+        }
+    }
+}
+
+/// Loads a bundle without reading secrets (the offline commands), printing its problems on failure.
+pub fn load_offline(path: &Path) -> Result<Snapshot, ExitCode> {
+    load(
+        path,
+        CompileOptions {
+            read_external: false,
+        },
+    )
+    .map_err(|problems| {
+        for p in &problems {
+            eprintln!("{p}");
+        }
+        ExitCode::FAILURE
+    })
 }
 
 fn post() -> String {
@@ -123,21 +161,11 @@ fn post() -> String {
 }
 
 pub fn explain(bundle: &Path, request: &Path) -> ExitCode {
-    let snap = match load(
-        bundle,
-        CompileOptions {
-            read_external: false,
-        },
-    ) {
+    let snap = match load_offline(bundle) {
         Ok(s) => s,
-        Err(problems) => {
-            for p in &problems {
-                eprintln!("{p}");
-            }
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
-    let req: ExplainRequest = match std::fs::read_to_string(request)
+    let req: RequestDoc = match std::fs::read_to_string(request)
         .map_err(|e| e.to_string())
         .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
     {
@@ -147,16 +175,7 @@ pub fn explain(bundle: &Path, request: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let facts = RequestFacts {
-        method: req.method,
-        path: req.path,
-        headers: req
-            .headers
-            .into_iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v))
-            .collect(),
-        context: req.context,
-    };
+    let facts = req.facts();
     let d = decide(&snap, &facts, jiff::Timestamp::now());
     let verdict = match (&d.denial, d.mode) {
         (None, _) => "ALLOW".to_string(),
@@ -202,7 +221,7 @@ pub fn explain(bundle: &Path, request: &Path) -> ExitCode {
     }
 }
 
-fn read(path: &Path) -> Result<String, ExitCode> {
+pub fn read(path: &Path) -> Result<String, ExitCode> {
     std::fs::read_to_string(path).map_err(|e| {
         eprintln!("{}: {e}", path.display());
         ExitCode::FAILURE
@@ -216,19 +235,9 @@ pub fn eval(
     threshold: Option<f32>,
     json: bool,
 ) -> ExitCode {
-    let snap = match load(
-        bundle,
-        CompileOptions {
-            read_external: false,
-        },
-    ) {
+    let snap = match load_offline(bundle) {
         Ok(s) => s,
-        Err(problems) => {
-            for p in &problems {
-                eprintln!("{p}");
-            }
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let text = match read(corpus) {
         Ok(t) => t,

@@ -1,35 +1,14 @@
 //! `lifeguard diff`: replays a corpus of requests against two bundles and says what a policy change does
 //! (requests newly blocked or newly allowed, by route and check): the check a team runs on a policy pull request.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::ExitCode;
 
-use lifeguard_core::RequestFacts;
-use lifeguard_extproc::request_pieces;
-use lifeguard_policy::{CompileOptions, Direction, Piece, Snapshot, decide, inspect, load};
-use serde::Deserialize;
-use serde_json::Value;
+use lifeguard_extproc::{pieces, request_pieces};
+use lifeguard_policy::{Direction, Snapshot, decide, inspect};
 
-/// One corpus row: a request as Envoy would present it, with its JSON body.
-#[derive(Deserialize)]
-struct Row {
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default = "post")]
-    method: String,
-    path: String,
-    #[serde(default)]
-    headers: HashMap<String, String>,
-    #[serde(default)]
-    context: HashMap<String, String>,
-    #[serde(default)]
-    body: Option<Value>,
-}
-
-fn post() -> String {
-    "POST".into()
-}
+use crate::commands::{RequestDoc, load_offline, read};
 
 /// What a bundle does with one request: allowed, or blocked by (route, check).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,17 +17,8 @@ enum Outcome {
     Block { route: String, check: String },
 }
 
-fn outcome(snap: &Snapshot, row: &Row, now: jiff::Timestamp) -> Outcome {
-    let facts = RequestFacts {
-        method: row.method.clone(),
-        path: row.path.clone(),
-        headers: row
-            .headers
-            .iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-            .collect(),
-        context: row.context.clone(),
-    };
+fn outcome(snap: &Snapshot, row: &RequestDoc, now: jiff::Timestamp) -> Outcome {
+    let facts = row.facts();
     let d = decide(snap, &facts, now);
     let route_name = d
         .route
@@ -67,23 +37,7 @@ fn outcome(snap: &Snapshot, row: &Row, now: jiff::Timestamp) -> Outcome {
         return Outcome::Allow;
     }
     let (_, located) = request_pieces(body);
-    let texts: Vec<&str> = located
-        .iter()
-        .map(|l| {
-            body.pointer(&l.pointer)
-                .and_then(Value::as_str)
-                .unwrap_or("")
-        })
-        .collect();
-    let pieces: Vec<Piece<'_>> = located
-        .iter()
-        .zip(&texts)
-        .map(|(l, t)| Piece {
-            text: t,
-            tier: l.tier,
-            tool_call: l.tool_call,
-        })
-        .collect();
+    let pieces = pieces(body, &located);
     match inspect(snap, route, Direction::Request, &pieces).blocked_by {
         Some(check) => Outcome::Block {
             route: route_name,
@@ -94,28 +48,13 @@ fn outcome(snap: &Snapshot, row: &Row, now: jiff::Timestamp) -> Outcome {
 }
 
 pub fn run(old: &Path, new: &Path, corpus: &Path, json: bool) -> ExitCode {
-    let opts = CompileOptions {
-        read_external: false,
+    let bundles = match (load_offline(old), load_offline(new)) {
+        (Ok(a), Ok(b)) => [a, b],
+        (Err(code), _) | (_, Err(code)) => return code,
     };
-    let bundles: Vec<Snapshot> = match [old, new]
-        .iter()
-        .map(|p| load(p, opts))
-        .collect::<Result<Vec<_>, _>>()
-    {
-        Ok(b) => b,
-        Err(problems) => {
-            for p in &problems {
-                eprintln!("{p}");
-            }
-            return ExitCode::FAILURE;
-        }
-    };
-    let text = match std::fs::read_to_string(corpus) {
+    let text = match read(corpus) {
         Ok(t) => t,
-        Err(e) => {
-            eprintln!("{}: {e}", corpus.display());
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let now = jiff::Timestamp::now();
     let mut newly_blocked: BTreeMap<(String, String), u64> = BTreeMap::new();
@@ -127,7 +66,7 @@ pub fn run(old: &Path, new: &Path, corpus: &Path, json: bool) -> ExitCode {
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
     {
-        let row: Row = match serde_json::from_str(line) {
+        let row: RequestDoc = match serde_json::from_str(line) {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("{}:{}: {e}", corpus.display(), i + 1);

@@ -20,6 +20,9 @@ struct Histogram {
     sum: f64,
 }
 
+/// Decisions per route.
+type RouteCounts = HashMap<String, u64>;
+
 /// Counts of one check by verdict, and its latency histogram.
 #[derive(Default)]
 struct CheckStats {
@@ -32,7 +35,7 @@ struct CheckStats {
 #[derive(Default)]
 pub struct Metrics {
     /// (phase, verdict) -> route -> count.
-    decisions: Mutex<HashMap<(&'static str, &'static str), HashMap<String, u64>>>,
+    decisions: Mutex<HashMap<(&'static str, &'static str), RouteCounts>>,
     checks: Mutex<HashMap<String, CheckStats>>,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
