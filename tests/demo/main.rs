@@ -166,8 +166,8 @@ async fn main() -> anyhow::Result<()> {
     s.stub.set_reply(Reply::sse_text(
         &[
             "Here is the key: ",
-            "AKIAZ7QRS",
-            "TUVWXY23456",
+            "AKIA4MZQ7",
+            "RKX2WJ5PNLB",
             " — keep it safe.",
         ],
         Duration::from_millis(40),
