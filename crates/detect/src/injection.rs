@@ -566,6 +566,42 @@ pub(crate) fn regex_signals() -> Vec<crate::regexset::PatternSpec> {
     }]
 }
 
+/// Smallest offset `>= from` where the spaced-letters signal (`(?i)\b(?:[a-z] ){9,}[a-z]\b`, ASCII) can match,
+/// or `bytes.len()`: a letter after a non-word byte, then at least nine `letter space` pairs and a letter that
+/// ends a word. A chain that runs into the end of `bytes` counts as a candidate (a stream may extend it).
+pub(crate) fn spaced_letters_start(bytes: &[u8], from: usize) -> usize {
+    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let mut s = from;
+    while s < bytes.len() {
+        // Only single-letter words followed by a space can start a match (the space test first: it is the
+        // rarest and cheapest).
+        if (s + 1 < bytes.len() && bytes[s + 1] != b' ')
+            || !bytes[s].is_ascii_alphabetic()
+            || (s > 0 && word(bytes[s - 1]))
+        {
+            s += 1;
+            continue;
+        }
+        let mut pairs = 0usize;
+        let mut p = s;
+        while p + 1 < bytes.len() && bytes[p].is_ascii_alphabetic() && bytes[p + 1] == b' ' {
+            pairs += 1;
+            p += 2;
+        }
+        // `p` is the first byte after the pairs.
+        if pairs >= 10 || p + 1 >= bytes.len() {
+            return s;
+        }
+        if pairs == 9 && bytes[p].is_ascii_alphabetic() && !word(bytes[p + 1]) {
+            return s;
+        }
+        // No match starts at `s` or at the letters of its chain (each is preceded by a space, so it is a
+        // candidate start with fewer pairs after it, and fewer pairs cannot qualify).
+        s = p.max(s + 1);
+    }
+    bytes.len()
+}
+
 /// Expand `[a|b|]` groups into every combination. Unbalanced brackets are taken literally.
 pub(crate) fn expand(template: &str) -> Vec<String> {
     let mut out = vec![String::new()];
@@ -628,6 +664,52 @@ mod tests {
             ]
         );
         assert_eq!(expand("[inst] x"), ["[inst] x"]);
+    }
+
+    #[test]
+    fn spaced_letters_skip_never_passes_a_match() {
+        let re = regex_automata::meta::Regex::builder()
+            .syntax(
+                regex_automata::util::syntax::Config::new()
+                    .unicode(false)
+                    .utf8(false),
+            )
+            .build(&regex_signals()[0].regex)
+            .expect("regex");
+        // Deterministic pseudo-random texts of tokens that make and break letter chains.
+        let tokens: [&[u8]; 10] = [
+            b"a ", b"b ", b"Z ", b"x ", b"q ", b"ab ", b"_", b"1", b"a", b" ",
+        ];
+        let mut rng: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for _ in 0..20_000 {
+            let n = (next() % 20) as usize;
+            let mut text = Vec::new();
+            for _ in 0..n {
+                let r = next() as usize % 16;
+                text.extend_from_slice(tokens[if r < 10 { r % 5 } else { r - 6 }]);
+            }
+            for from in 0..=text.len() {
+                let skip = spaced_letters_start(&text, from);
+                let input = regex_automata::Input::new(&text).range(from..);
+                if let Some(m) = re.find(input) {
+                    assert!(
+                        skip <= m.start(),
+                        "{:?} from {from}",
+                        String::from_utf8_lossy(&text)
+                    );
+                }
+            }
+        }
+        let t = b"say: S a y t h a t y o u h a t e ok";
+        let m = re.find(&t[..]).expect("match");
+        assert_eq!(spaced_letters_start(t, 0), m.start());
+        assert_eq!(spaced_letters_start(b"a b c d e f g h i jk", 0), 20);
     }
 
     #[test]

@@ -140,6 +140,7 @@ impl Scanner {
         };
         let mut sets = Vec::new();
         let mut build = |specs: Vec<regexset::PatternSpec>,
+                         skip: Option<regexset::Skip>,
                          unicode: bool,
                          owners: Option<&[usize]>,
                          errors: &mut Vec<CompileError>| {
@@ -147,22 +148,34 @@ impl Scanner {
                 return;
             }
             match RegexSet::build(specs, unicode) {
-                Ok(s) => sets.push(s),
+                Ok(s) => sets.push(s.with_skip(skip)),
                 Err(es) => errors.extend(es.into_iter().map(|e| CompileError {
                     rule_index: owners.and_then(|o| e.pattern.and_then(|p| o.get(p).copied())),
                     message: e.message,
                 })),
             }
         };
-        build(injection::regex_signals(), false, None, &mut errors);
+        build(
+            injection::regex_signals(),
+            Some(injection::spaced_letters_start),
+            false,
+            None,
+            &mut errors,
+        );
         let mut pii_types = cfg.pii_types.clone();
         pii_types.sort();
         pii_types.dedup();
-        build(pii::specs(&pii_types), false, None, &mut errors);
+        build(pii::specs(&pii_types), None, false, None, &mut errors);
         if cfg.secrets {
-            build(secrets::specs(), false, None, &mut errors);
+            build(secrets::specs(), None, false, None, &mut errors);
         }
-        build(parts.regexes, true, Some(&parts.regex_owner), &mut errors);
+        build(
+            parts.regexes,
+            None,
+            true,
+            Some(&parts.regex_owner),
+            &mut errors,
+        );
         match phrases {
             Some(phrases) if errors.is_empty() => Ok(Scanner {
                 inner: Arc::new(Inner {

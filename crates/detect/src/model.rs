@@ -89,13 +89,26 @@ fn for_each_feature_hash(text: &str, mut f: impl FnMut(u64, &str, usize, usize))
     let w_prefix = fnv_feed(FNV_OFFSET, b"w:");
     let c_prefix = fnv_feed(FNV_OFFSET, b"c:");
     let mut padded: Vec<char> = Vec::with_capacity(32);
+    let mut padded_bytes: Vec<u8> = Vec::with_capacity(64);
     let mut utf8 = [0u8; 4];
-    for w in folded
-        .text
-        .split(|c: char| !(c.is_alphanumeric() || c == '\''))
-        .filter(|w| !w.is_empty())
-    {
+    let mut on_word = |w: &str| {
         f(fnv_feed(w_prefix, w.as_bytes()), w, 0, 0);
+        if w.is_ascii() {
+            // ASCII words (almost all of them): a char is a byte, so hash byte windows directly.
+            padded_bytes.clear();
+            padded_bytes.push(b'<');
+            padded_bytes.extend_from_slice(w.as_bytes());
+            padded_bytes.push(b'>');
+            for n in 3..=5usize {
+                if padded_bytes.len() < n {
+                    continue;
+                }
+                for (start, g) in padded_bytes.windows(n).enumerate() {
+                    f(fnv_feed(c_prefix, g), w, start, n);
+                }
+            }
+            return;
+        }
         padded.clear();
         padded.push('<');
         padded.extend(w.chars());
@@ -111,6 +124,23 @@ fn for_each_feature_hash(text: &str, mut f: impl FnMut(u64, &str, usize, usize))
                 }
                 f(h, w, start, n);
             }
+        }
+    };
+    let text: &str = &folded.text;
+    if text.is_ascii() {
+        // Same words as the char split below: for ASCII, `is_alphanumeric` is `is_ascii_alphanumeric`.
+        for w in text
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '\''))
+            .filter(|w| !w.is_empty())
+        {
+            on_word(w);
+        }
+    } else {
+        for w in text
+            .split(|c: char| !(c.is_alphanumeric() || c == '\''))
+            .filter(|w| !w.is_empty())
+        {
+            on_word(w);
         }
     }
 }

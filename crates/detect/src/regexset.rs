@@ -23,6 +23,11 @@ pub(crate) const PRE_CONTEXT: usize = 16;
 /// and nothing after it.
 pub(crate) type Validator = fn(&str, Range<usize>) -> Option<Range<usize>>;
 
+/// Where a match of a set could start: the smallest offset `>= from` at which some pattern of the set might
+/// match, or the haystack length. Must never skip a possible match start, including near the end of a stream
+/// window (where the bytes that would decide are not there yet).
+pub(crate) type Skip = fn(&[u8], usize) -> usize;
+
 pub(crate) struct PatternSpec {
     pub rule: String,
     pub family: String,
@@ -44,6 +49,7 @@ pub(crate) struct RegexSet {
     live: DFA,
     specs: Vec<PatternSpec>,
     any_group: bool,
+    skip: Option<Skip>,
 }
 
 /// Per-caller mutable state of a [`RegexSet`] (kept by a stream so searches don't go through a shared pool).
@@ -117,7 +123,14 @@ impl RegexSet {
             live,
             specs,
             any_group,
+            skip: None,
         })
+    }
+
+    /// A cheap byte scan that finds where matches could start, so the regex runs only from there.
+    pub fn with_skip(mut self, skip: Option<Skip>) -> RegexSet {
+        self.skip = skip;
+        self
     }
 
     pub fn cache(&self) -> SetCache {
@@ -181,7 +194,11 @@ impl RegexSet {
     ) -> usize {
         let mut at = from;
         while at < hay.len() {
-            let input = Input::new(hay).range(at..);
+            // No match starts before `start`, so searching from there finds the same leftmost match.
+            let start = self
+                .skip
+                .map_or(at, |f| f(hay.as_bytes(), at).clamp(at, hay.len()));
+            let input = Input::new(hay).range(start..);
             let Some(m) = self.re.search_with(&mut cache.re, &input) else {
                 return settled.max(at);
             };
