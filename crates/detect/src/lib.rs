@@ -281,7 +281,15 @@ pub(crate) fn sort_findings(v: &mut [Finding]) {
     });
 }
 
-/// Noisy-or of the strongest weight of each distinct rule of `category`, and of the model's probability.
+/// How much the learned model's probability counts as evidence. Below 0.5 it says "benign" and adds nothing; above
+/// it, its evidence grows to 0.95 at certainty. The model was trained on one small corpus, so on text it has never
+/// seen a middling probability (an imperative "Translate this sentence") must not be enough to block: rules are
+/// the general signals, the model confirms them and catches what it is sure of.
+fn model_evidence(p: f32) -> f32 {
+    ((p.clamp(0.0, 1.0) - 0.5) * 2.0).max(0.0) * 0.95
+}
+
+/// Noisy-or of the strongest weight of each distinct rule of `category`, and of the model's evidence.
 fn combine(findings: &[Finding], category: Category, model: Option<&model::Prediction>) -> Score {
     let mut per_rule: HashMap<&str, f32> = HashMap::new();
     for f in findings.iter().filter(|f| f.category == category) {
@@ -297,8 +305,9 @@ fn combine(findings: &[Finding], category: Category, model: Option<&model::Predi
         })
         .collect();
     if let Some(m) = model {
-        keep *= 1.0 - m.probability.clamp(0.0, 1.0);
-        top.push(("model".to_string(), m.probability));
+        let evidence = model_evidence(m.probability);
+        keep *= 1.0 - evidence;
+        top.push(("model".to_string(), evidence));
     }
     top.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     if let Some(m) = model {
