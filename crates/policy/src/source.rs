@@ -147,19 +147,30 @@ pub struct Parsed {
     pub(crate) files: Vec<FileIndex>,
 }
 
-/// Path -> line of every node of one file, for pointing problems at their line.
+/// Path -> line of every node of one file, for pointing problems at their line. Built only when a problem is
+/// reported: a valid 100,000-key bundle should not pay for a second YAML parse.
 #[derive(Debug, Default)]
 pub(crate) struct FileIndex {
     pub name: String,
-    lines: HashMap<String, usize>,
+    text: String,
+    lines: std::cell::OnceCell<HashMap<String, usize>>,
 }
 
 impl FileIndex {
+    fn new(name: &str, text: &str) -> Self {
+        FileIndex {
+            name: name.to_string(),
+            text: text.to_string(),
+            lines: std::cell::OnceCell::new(),
+        }
+    }
+
     /// The line of `path`, or of its nearest ancestor that has one.
     pub fn line(&self, path: &str) -> Option<usize> {
+        let lines = self.lines.get_or_init(|| line_index(&self.text));
         let mut p = path;
         loop {
-            if let Some(line) = self.lines.get(p) {
+            if let Some(line) = lines.get(p) {
                 return Some(*line);
             }
             let cut = p.rfind(['.', '['])?;
@@ -216,17 +227,14 @@ pub fn parse(sources: &[SourceFile]) -> (Parsed, Vec<Problem>) {
                     path: String::new(),
                     message: format!("invalid YAML: {e}"),
                 });
-                parsed.files.push(FileIndex {
-                    name: source.name.clone(),
-                    lines: HashMap::new(),
-                });
+                // Not indexed: serde could not parse it, so neither could the indexer.
+                parsed.files.push(FileIndex::new(&source.name, ""));
                 continue;
             }
         };
-        parsed.files.push(FileIndex {
-            name: source.name.clone(),
-            lines: line_index(&source.text),
-        });
+        parsed
+            .files
+            .push(FileIndex::new(&source.name, &source.text));
         let here = |path: &str| Loc {
             file: file_no,
             path: path.to_string(),
