@@ -41,3 +41,6 @@ fi
     --command "make bench${BENCH_ARGS:+ BENCH_ARGS=\"$BENCH_ARGS\"}" \
     "${server_cpus[@]}" \
     ${BENCH_ARGS:-}
+
+# The hand-written analysis of what limits the missed budgets follows the generated figures.
+cat crates/bench/ANALYSIS.md >> BENCHMARKS.md
