@@ -47,7 +47,7 @@ fmt: toolchain
 	$(CARGO) fmt --all
 
 ## demo: Envoy + Lifeguard + a stub LLM, with requests that show each guard at work
-demo: setup build
+demo: setup
 	scripts/demo.sh
 
 ## bench: the load suite (Lifeguard vs an echo floor, through Envoy, reloads, OTLP, RSS) -> BENCHMARKS.md
