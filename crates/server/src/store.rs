@@ -54,7 +54,8 @@ impl Store {
         if print.is_some() && print == *self.fingerprint.lock() {
             return Ok(format!("unchanged ({})", self.current.load().bundle.hash));
         }
-        match load_for_serving(&self.path) {
+        let path = self.path.clone();
+        match off_the_request_path(move || load_for_serving(&path)) {
             Ok(snap) => {
                 if identity(&snap) == identity(&self.current.load()) {
                     return Ok(format!("unchanged ({})", snap.bundle.hash));
@@ -170,4 +171,44 @@ fn fingerprint(path: &Path) -> Option<String> {
         }
     }
     Some(print)
+}
+
+/// Runs a bundle build on its own thread at the lowest normal priority (nice 19), so that compiling a large bundle
+/// yields the CPU to request threads: a reload does not delay requests, even on one core. Not SCHED_IDLE, which
+/// could starve a reload forever on a saturated pod.
+fn off_the_request_path(
+    build: impl FnOnce() -> Result<Snapshot, Vec<Problem>> + Send,
+) -> Result<Snapshot, Vec<Problem>> {
+    std::thread::scope(|scope| {
+        let worker = std::thread::Builder::new()
+            .name("lifeguard-reload".into())
+            .spawn_scoped(scope, move || {
+                use thread_priority::{
+                    NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
+                };
+                let lowest = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other);
+                if let Err(e) = thread_priority::set_thread_priority_and_policy(
+                    thread_priority::thread_native_id(),
+                    ThreadPriority::Min,
+                    lowest,
+                ) {
+                    tracing::debug!(error = ?e, "reload thread keeps normal priority");
+                }
+                build()
+            });
+        let failed = |why: &str| {
+            Err(vec![Problem {
+                file: String::new(),
+                line: None,
+                path: String::new(),
+                message: format!("reload failed: {why}"),
+            }])
+        };
+        match worker {
+            Ok(handle) => handle
+                .join()
+                .unwrap_or_else(|_| failed("the build thread panicked")),
+            Err(_) => failed("cannot start the build thread"),
+        }
+    })
 }
