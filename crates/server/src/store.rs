@@ -63,7 +63,8 @@ impl Store {
                 *self.fingerprint.lock() = print;
                 let mut snap = snap;
                 stamp(&self.generation, &self.metrics, &mut snap);
-                self.current.store(Arc::new(snap));
+                let old = self.current.swap(Arc::new(snap));
+                retire(old);
                 let cur = self.current.load();
                 tracing::info!(bundle = %cur.bundle.name, version = cur.bundle.version, hash = %cur.bundle.hash, "bundle reloaded");
                 Ok(cur.summary())
@@ -183,17 +184,7 @@ fn off_the_request_path(
         let worker = std::thread::Builder::new()
             .name("lifeguard-reload".into())
             .spawn_scoped(scope, move || {
-                use thread_priority::{
-                    NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
-                };
-                let lowest = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other);
-                if let Err(e) = thread_priority::set_thread_priority_and_policy(
-                    thread_priority::thread_native_id(),
-                    ThreadPriority::Min,
-                    lowest,
-                ) {
-                    tracing::debug!(error = ?e, "reload thread keeps normal priority");
-                }
+                lowest_priority();
                 build()
             });
         let failed = |why: &str| {
@@ -211,4 +202,40 @@ fn off_the_request_path(
             Err(_) => failed("cannot start the build thread"),
         }
     })
+}
+
+/// Frees a replaced snapshot off the request path. Freeing a 100,000-key snapshot takes milliseconds; left to
+/// whichever request dropped the last reference, it would land in that request's latency. Requests and streams
+/// still holding it finish with it first.
+fn retire(old: Arc<Snapshot>) {
+    let spawned = std::thread::Builder::new()
+        .name("lifeguard-retire".into())
+        .spawn(move || {
+            lowest_priority();
+            // A stream can hold its snapshot for as long as a response streams; after that, let go anyway.
+            for _ in 0..6000 {
+                if Arc::strong_count(&old) == 1 {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            drop(old);
+        });
+    if let Err(e) = spawned {
+        tracing::debug!(error = %e, "cannot start the retire thread; the old snapshot is freed by its last user");
+    }
+}
+
+/// Puts the calling thread at the lowest normal priority (nice 19): background work that must not take the CPU
+/// from requests, yet is never starved for good (unlike SCHED_IDLE).
+fn lowest_priority() {
+    use thread_priority::{NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy};
+    let lowest = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other);
+    if let Err(e) = thread_priority::set_thread_priority_and_policy(
+        thread_priority::thread_native_id(),
+        ThreadPriority::Min,
+        lowest,
+    ) {
+        tracing::debug!(error = ?e, "background thread keeps normal priority");
+    }
 }
