@@ -115,6 +115,18 @@ fn replace_body(body: Vec<u8>, headers: Option<HeaderMutation>) -> CommonRespons
     }
 }
 
+/// The processing mode deploy/envoy configures, with the response phases this request needs.
+fn mode(response_headers: HeaderSendMode, response_body: BodySendMode) -> ProcessingMode {
+    ProcessingMode {
+        request_header_mode: HeaderSendMode::Send as i32,
+        request_body_mode: BodySendMode::Buffered as i32,
+        response_header_mode: response_headers as i32,
+        response_body_mode: response_body as i32,
+        request_trailer_mode: HeaderSendMode::Skip as i32,
+        response_trailer_mode: HeaderSendMode::Skip as i32,
+    }
+}
+
 fn answer(a: Answer) -> ProcessingResponse {
     ProcessingResponse {
         response: Some(a),
@@ -263,14 +275,7 @@ impl<'s> Exchange<'s> {
         }));
         // Ask Envoy only for the phases this route needs: a skipped round trip beats any optimisation.
         if !route.inspects_response() {
-            resp.mode_override = Some(ProcessingMode {
-                request_header_mode: HeaderSendMode::Send as i32,
-                request_body_mode: BodySendMode::Buffered as i32,
-                response_header_mode: HeaderSendMode::Skip as i32,
-                response_body_mode: BodySendMode::None as i32,
-                request_trailer_mode: HeaderSendMode::Skip as i32,
-                response_trailer_mode: HeaderSendMode::Skip as i32,
-            });
+            resp.mode_override = Some(mode(HeaderSendMode::Skip, BodySendMode::None));
         }
         if h.end_of_stream {
             self.finish_request_without_body();
@@ -505,11 +510,13 @@ impl<'s> Exchange<'s> {
 
     fn model_check(&self, route: &Route) -> (CheckRecord, Option<String>) {
         let provider = self.snap.provider(route);
+        // The key's compiled scope is borrowed from the snapshot; only a JWT caller's globs (handed over by
+        // ext_authz) are compiled here.
         let key_scope = match self.snap.key_by_id(&self.handover.key_id) {
-            Some(key) => Some(key.models.clone()),
-            None if !self.handover.models.is_empty() => Some(
+            Some(key) => Some(std::borrow::Cow::Borrowed(&key.models)),
+            None if !self.handover.models.is_empty() => Some(std::borrow::Cow::Owned(
                 lifeguard_policy::ModelScope::from_patterns(&self.handover.models),
-            ),
+            )),
             None => None,
         };
         let model = self.model.as_str();
@@ -630,14 +637,7 @@ impl<'s> Exchange<'s> {
             response: Some(continue_headers(Some(mutation))),
         }));
         if inspects {
-            resp.mode_override = Some(ProcessingMode {
-                request_header_mode: HeaderSendMode::Send as i32,
-                request_body_mode: BodySendMode::Buffered as i32,
-                response_header_mode: HeaderSendMode::Send as i32,
-                response_body_mode: body_mode as i32,
-                request_trailer_mode: HeaderSendMode::Skip as i32,
-                response_trailer_mode: HeaderSendMode::Skip as i32,
-            });
+            resp.mode_override = Some(mode(HeaderSendMode::Send, body_mode));
         }
         resp
     }
